@@ -1,0 +1,153 @@
+"""One experiment end to end: resolve config, data root, split and run folder; train; predict.
+
+This is what the CLI (``python -m helpers train|predict``) and the notebooks call; the engine
+seam (:mod:`helpers.engines`) does the model work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import data, runs
+from .config import Config, load_config
+from .errors import DataError, EngineError
+
+
+def resolve_data_root(cfg: Config, data_root: str | Path | None) -> Path:
+    """--data, else the config's DATASETS.ROOT, else :func:`helpers.data.default_data_root`."""
+    root = Path(data_root or cfg["DATASETS.ROOT"] or data.default_data_root()).expanduser()
+    if not (root / data.TRAIN_JSON).is_file():
+        raise DataError(
+            f"no {data.TRAIN_JSON} in {root}: download Tiny VOC into it (see data/README.md) "
+            f"or make the demo set with `python -m helpers make-demo-data {root}`"
+        )
+    return root.resolve()
+
+
+def prepare_split(cfg: Config, root: Path, split_dir: Path) -> data.SplitPaths:
+    """The seeded class-stratified train/val split files every engine and notebook shares."""
+    train = data.load_root(root, check_images=False).train
+    return data.make_split(train, split_dir, val_fraction=cfg["DATASETS.VAL_FRACTION"], seed=cfg["DATASETS.SPLIT_SEED"])
+
+
+def setup_run(
+    config: str | Path | Config,
+    overrides: dict[str, Any] | Iterable[str] | None = None,
+    engine: str = "torchvision",
+    data_root: str | Path | None = None,
+    run_dir: str | Path | None = None,
+    split_dir: str | Path | None = None,
+) -> tuple[Config, data.SplitPaths, Path]:
+    """Resolve everything a training run needs, and check it before any work starts."""
+    from .engines import get_engine
+
+    cfg = config.copy().merge(overrides) if isinstance(config, Config) else load_config(config, overrides)
+    cfg.check_engine(engine)
+    cfg = get_engine(engine).prepare_config(cfg)
+    root = resolve_data_root(cfg, data_root)
+    run_dir = Path(run_dir or cfg["OUTPUT_DIR"]).expanduser().resolve()
+    splits = prepare_split(cfg, root, Path(split_dir) if split_dir else run_dir / "data")
+    categories = data.load_split(splits.train, check_images=False).categories
+    if cfg["MODEL.ROI_HEADS.NUM_CLASSES"] != len(categories):
+        raise EngineError(
+            f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg['MODEL.ROI_HEADS.NUM_CLASSES']} but {root / data.TRAIN_JSON} "
+            f"declares {len(categories)} categories; set MODEL.ROI_HEADS.NUM_CLASSES {len(categories)}"
+        )
+    cfg["DATASETS.ROOT"] = str(root)
+    cfg["OUTPUT_DIR"] = str(run_dir)
+    return cfg, splits, run_dir
+
+
+def train(
+    config: str | Path | Config,
+    overrides: dict[str, Any] | Iterable[str] | None = None,
+    engine: str = "torchvision",
+    data_root: str | Path | None = None,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    split_dir: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train (or resume, or skip when finished) one run; returns the run folder.
+
+    A run folder that already holds checkpoints is never overwritten: pass ``resume=True``
+    to continue it (a finished run is then left as it is).
+    """
+    from .engines import get_engine
+
+    cfg, splits, run_dir = setup_run(config, overrides, engine, data_root, run_dir, split_dir)
+    if resume and runs.is_finished(run_dir):
+        return run_dir
+    if not resume and runs.last_checkpoint(run_dir) is not None:
+        raise EngineError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another --run-dir")
+    module = get_engine(engine)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / runs.CONFIG)
+    runs.write_run_info(run_dir, engine=engine, data_root=cfg["DATASETS.ROOT"], train_split=str(splits.train),
+                        val_split=str(splits.val), status="training")
+    final = module.train(cfg, splits, run_dir, resume=resume, progress=progress)
+    runs.write_run_info(run_dir, status="finished", final_metrics=final)
+    return run_dir
+
+
+def load_run(run_dir: str | Path) -> tuple[Config, dict]:
+    """The resolved config and run.json of a trained run."""
+    run_dir = Path(run_dir)
+    if not (run_dir / runs.CONFIG).is_file():
+        raise EngineError(f"{run_dir} is not a run folder (no {runs.CONFIG})")
+    return load_config(run_dir / runs.CONFIG), runs.read_run_info(run_dir)
+
+
+def load_predictor(run_dir: str | Path, checkpoint: str = "best", score_thresh: float | None = None,
+                   device: str | None = None):
+    """A :class:`helpers.engines.base.Predictor` for a trained run's checkpoint."""
+    from .engines import get_engine
+
+    cfg, info = load_run(run_dir)
+    if score_thresh is not None:
+        cfg["MODEL.ROI_HEADS.SCORE_THRESH_TEST"] = float(score_thresh)
+    if device is not None:
+        cfg["MODEL.DEVICE"] = device
+    categories = data.load_split(info["train_split"], check_images=False).categories
+    module = get_engine(info.get("engine", "torchvision"))
+    return module.load_predictor(cfg, runs.resolve_checkpoint(Path(run_dir), checkpoint), categories)
+
+
+def images_to_predict(images: str | Path) -> list[tuple[int, Path]]:
+    """(image_id, path) pairs from a test.json (ids from it) or a folder of images (ids 1..N by name)."""
+    images = Path(images)
+    if images.is_file():
+        split = data.load_split(images, image_dir=images.parent / data.TEST_IMAGES if images.name == data.TEST_JSON
+                                else None, check_images=False)
+        return [(img["id"], split.image_path(img)) for img in split.images]
+    if images.is_dir():
+        files = sorted(p for p in images.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+        if not files:
+            raise DataError(f"no .jpg/.png images in {images}")
+        return list(enumerate(files, start=1))
+    raise DataError(f"{images}: neither a test.json nor a folder of images")
+
+
+def predict(run_dir: str | Path, images: str | Path, out: str | Path, checkpoint: str = "best",
+            score_thresh: float | None = None, progress: bool = True) -> dict:
+    """Predict images with a trained run and write a submission file; returns its validation summary
+    (when ``images`` is a test.json) plus timing."""
+    import time
+
+    from .submission import instances_to_results, validate_submission, write_submission
+
+    predictor = load_predictor(run_dir, checkpoint, score_thresh)
+    pairs = images_to_predict(images)
+    ids = {p: i for i, p in pairs}
+    results: list[dict] = []
+    start = time.perf_counter()
+    for path, inst in predictor.predict_paths([p for _, p in pairs], progress=progress):
+        results.extend(instances_to_results(ids[path], inst))
+    seconds = time.perf_counter() - start
+    write_submission(out, results)
+    summary = {"submission": str(out), "images": len(pairs), "detections": len(results),
+               "seconds_per_image": seconds / max(len(pairs), 1)}
+    if Path(images).is_file():
+        summary["validation"] = validate_submission(images, out)
+    return summary

@@ -1,0 +1,155 @@
+"""The run folder: what a training run leaves behind, laid out as detectron2 lays out OUTPUT_DIR.
+
+    config.yaml            the resolved experiment config
+    run.json               engine, data root, split files, status
+    metrics.json           JSON lines: iteration, losses, lr, time, data_time, val metrics when evaluated
+    model_0002999.pth      a checkpoint every SOLVER.CHECKPOINT_PERIOD iterations
+    last_checkpoint        the file name of the newest complete checkpoint
+    model_final.pth        the weights at SOLVER.MAX_ITER
+    model_best.pth         the weights with the best val segm AP (best.json says which)
+    events.out.tfevents.*  TensorBoard
+
+Both engines write through these functions, so resume, metrics and checkpoints behave the same.
+Every write is atomic: a run killed at any moment leaves the previous complete file in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import EngineError
+from .io import atomic_write, write_json, write_text
+
+CONFIG = "config.yaml"
+RUN_INFO = "run.json"
+METRICS = "metrics.json"
+LAST = "last_checkpoint"
+FINAL = "model_final.pth"
+BEST = "model_best.pth"
+BEST_INFO = "best.json"
+
+
+def checkpoint_name(iteration: int) -> str:
+    """detectron2's name for the checkpoint saved after ``iteration`` (0-based)."""
+    return f"model_{iteration:07d}.pth"
+
+
+def save_checkpoint(run_dir: Path, name: str, state: dict[str, Any], tag_last: bool = True) -> Path:
+    """Write ``state`` with torch.save atomically, then point ``last_checkpoint`` at it."""
+    import torch
+
+    path = Path(run_dir) / name
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
+    if tag_last:
+        write_text(Path(run_dir) / LAST, name)
+    return path
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint named by ``last_checkpoint``, or None for a fresh run."""
+    tag = Path(run_dir) / LAST
+    if not tag.is_file():
+        return None
+    path = Path(run_dir) / tag.read_text(encoding="utf-8").strip()
+    return path if path.is_file() else None
+
+
+def resolve_checkpoint(run_dir: Path, which: str = "best") -> Path:
+    """``best`` (falls back to final), ``final``, ``last`` or a path to a .pth file."""
+    run_dir = Path(run_dir)
+    candidates = {
+        "best": [run_dir / BEST, run_dir / FINAL],
+        "final": [run_dir / FINAL],
+        "last": [p for p in [last_checkpoint(run_dir)] if p],
+    }.get(which, [Path(which)])
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise EngineError(f"no {which!r} checkpoint in {run_dir} (has the run finished training?)")
+
+
+def write_run_info(run_dir: Path, **info: Any) -> dict:
+    """Merge ``info`` into run.json."""
+    data = read_run_info(run_dir)
+    data.update(info)
+    write_json(Path(run_dir) / RUN_INFO, data, indent=2)
+    return data
+
+
+def read_run_info(run_dir: Path) -> dict:
+    path = Path(run_dir) / RUN_INFO
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def is_finished(run_dir: Path) -> bool:
+    return (Path(run_dir) / FINAL).is_file() and read_run_info(run_dir).get("status") == "finished"
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """All complete lines of metrics.json (a line cut by a kill is skipped)."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "iteration" in row:
+            rows.append(row)
+    return rows
+
+
+def truncate_metrics(run_dir: Path, start_iter: int) -> None:
+    """Before (re)starting at ``start_iter``: keep only rows of earlier iterations, atomically."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return
+    keep = [r for r in read_metrics(run_dir) if r["iteration"] < start_iter]
+    with atomic_write(path) as f:
+        f.writelines(json.dumps(r) + "\n" for r in keep)
+
+
+class MetricsLog:
+    """Appends one JSON line per record to metrics.json, flushed so a kill loses at most one line."""
+
+    def __init__(self, run_dir: Path, start_iter: int):
+        truncate_metrics(run_dir, start_iter)
+        self.path = Path(run_dir) / METRICS
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._f.write(json.dumps(record) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "MetricsLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def is_new_best(run_dir: Path, value: float) -> bool:
+    """True when ``value`` (val segm AP) beats the best recorded in best.json, or none is recorded."""
+    info_path = Path(run_dir) / BEST_INFO
+    if not info_path.is_file():
+        return True
+    return value > json.loads(info_path.read_text(encoding="utf-8"))["value"]
+
+
+def record_best(run_dir: Path, iteration: int, value: float, key: str = "segm/AP") -> None:
+    write_json(Path(run_dir) / BEST_INFO, {"iteration": iteration, "metric": key, "value": value}, indent=2)
+
+
+def eval_rows(rows: Iterable[dict]) -> list[dict]:
+    """The metrics rows that carry val evaluation results."""
+    return [r for r in rows if any(k.startswith(("segm/", "bbox/")) for k in r)]
