@@ -97,6 +97,19 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_run_notebooks(args) -> int:
+    from . import pipeline
+
+    params = dict(zip(args.param[::2], args.param[1::2])) if args.param else {}
+    params = {k: pipeline.parse_param(v) for k, v in params.items()}
+    run_root = pipeline.run_notebooks(
+        profile=args.profile, data_root=args.data, run_name=args.name, params_file=args.params_file,
+        params=params, only=args.only, report=False if args.no_report else None, log_output=args.log_output,
+    )
+    print(f"run folder: {run_root}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m helpers", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -153,6 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", default="best", help="best, final, last or a .pth path")
     s.add_argument("--score-thresh", type=float, default=None, help="default: the run config's")
     s.set_defaults(func=_cmd_predict)
+
+    s = sub.add_parser("run-notebooks", help="execute the ordered notebooks headlessly (papermill) under a profile")
+    s.add_argument("--profile", default="demo", help="demo, homework, gpu-ci or a profile YAML path")
+    s.add_argument("--data", default=None, help="data root (overrides the profile's data_root)")
+    s.add_argument("--name", default=None, help="run name: outputs go to runs/NAME (default: the profile's)")
+    s.add_argument("-f", "--params-file", default=None, help="YAML file of notebook parameters")
+    s.add_argument("-p", "--param", nargs=2, action="extend", metavar=("NAME", "VALUE"), default=[],
+                   help="one notebook parameter (YAML value), repeatable")
+    s.add_argument("--only", nargs="+", default=None, help="run only these notebooks (prefixes like 01 03)")
+    s.add_argument("--no-report", action="store_true", help="do not rebuild report/ afterwards")
+    s.add_argument("--log-output", action="store_true", help="stream cell output to the terminal")
+    s.set_defaults(func=_cmd_run_notebooks)
     return p
 
 

@@ -38,8 +38,13 @@ def setup_run(
     data_root: str | Path | None = None,
     run_dir: str | Path | None = None,
     split_dir: str | Path | None = None,
+    match_num_classes: bool = False,
 ) -> tuple[Config, data.SplitPaths, Path]:
-    """Resolve everything a training run needs, and check it before any work starts."""
+    """Resolve everything a training run needs, and check it before any work starts.
+
+    ``match_num_classes`` sets MODEL.ROI_HEADS.NUM_CLASSES from the data instead of rejecting a
+    mismatch (for profiles that run one config on either data set).
+    """
     from .engines import get_engine
 
     cfg = config.copy().merge(overrides) if isinstance(config, Config) else load_config(config, overrides)
@@ -49,6 +54,8 @@ def setup_run(
     run_dir = Path(run_dir or cfg["OUTPUT_DIR"]).expanduser().resolve()
     splits = prepare_split(cfg, root, Path(split_dir) if split_dir else run_dir / "data")
     categories = data.load_split(splits.train, check_images=False).categories
+    if match_num_classes:
+        cfg["MODEL.ROI_HEADS.NUM_CLASSES"] = len(categories)
     if cfg["MODEL.ROI_HEADS.NUM_CLASSES"] != len(categories):
         raise EngineError(
             f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg['MODEL.ROI_HEADS.NUM_CLASSES']} but {root / data.TRAIN_JSON} "
@@ -68,6 +75,7 @@ def train(
     resume: bool = False,
     split_dir: str | Path | None = None,
     progress: bool = True,
+    match_num_classes: bool = False,
 ) -> Path:
     """Train (or resume, or skip when finished) one run; returns the run folder.
 
@@ -76,7 +84,7 @@ def train(
     """
     from .engines import get_engine
 
-    cfg, splits, run_dir = setup_run(config, overrides, engine, data_root, run_dir, split_dir)
+    cfg, splits, run_dir = setup_run(config, overrides, engine, data_root, run_dir, split_dir, match_num_classes)
     if resume and runs.is_finished(run_dir):
         return run_dir
     if not resume and runs.last_checkpoint(run_dir) is not None:
@@ -151,3 +159,36 @@ def predict(run_dir: str | Path, images: str | Path, out: str | Path, checkpoint
     if Path(images).is_file():
         summary["validation"] = validate_submission(images, out)
     return summary
+
+
+VAL_RESULTS = "val_results.json"
+VAL_METRICS = "val_metrics.json"
+
+
+def evaluate_run(run_dir: str | Path, split_json: str | Path | None = None, checkpoint: str = "best",
+                 score_thresh: float | None = None, out_dir: str | Path | None = None,
+                 progress: bool = True) -> dict:
+    """Predict a split (default: the run's val split) and compute segm and bbox metrics.
+
+    Writes ``val_results.json`` (COCO results) and ``val_metrics.json`` into ``out_dir``
+    (default: the run folder) and returns ``{"segm": metrics, "bbox": metrics, ...}``.
+    """
+    import time
+
+    from .engines.base import predict_split
+    from .evaluate import evaluate
+    from .io import write_json
+
+    run_dir = Path(run_dir)
+    split = data.load_split(split_json or load_run(run_dir)[1]["val_split"], check_images=False)
+    predictor = load_predictor(run_dir, checkpoint, score_thresh)
+    start = time.perf_counter()
+    results = predict_split(predictor, split, progress=progress)
+    seconds = (time.perf_counter() - start) / max(len(split.images), 1)
+    out_dir = Path(out_dir or run_dir)
+    write_json(out_dir / VAL_RESULTS, results)
+    report = {iou: evaluate(split.coco, results, iou_type=iou) for iou in ("segm", "bbox")}
+    report.update(split=str(split.json_path), checkpoint=checkpoint, seconds_per_image=seconds,
+                  score_thresh=predictor.score_thresh)
+    write_json(out_dir / VAL_METRICS, report, indent=2)
+    return report

@@ -140,10 +140,14 @@ class MetricsLog:
 
 def is_new_best(run_dir: Path, value: float) -> bool:
     """True when ``value`` (val segm AP) beats the best recorded in best.json, or none is recorded."""
+    best = read_best(run_dir)
+    return best is None or value > best["value"]
+
+
+def read_best(run_dir: Path) -> dict | None:
+    """best.json: {"iteration", "metric", "value"}, or None before the first evaluation."""
     info_path = Path(run_dir) / BEST_INFO
-    if not info_path.is_file():
-        return True
-    return value > json.loads(info_path.read_text(encoding="utf-8"))["value"]
+    return json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else None
 
 
 def record_best(run_dir: Path, iteration: int, value: float, key: str = "segm/AP") -> None:
