@@ -44,18 +44,20 @@ def profile_path(profile: str | Path) -> Path:
 
 def load_profile(profile: str | Path, params_file: str | Path | None = None,
                  params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The profile merged with a parameters YAML file and ``-p`` values (later wins)."""
+    """The profile, plus a parameters YAML file and ``-p`` values under ``"explicit"``: those win over
+    both the profile's common and its per-notebook parameters (the ``-p`` values last)."""
     path = profile_path(profile)
     prof = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     prof.setdefault("parameters", {})
     prof.setdefault("notebooks", {})
     prof.setdefault("run_name", path.stem)
+    prof["explicit"] = {}
     if params_file:
         extra = yaml.safe_load(Path(params_file).read_text(encoding="utf-8")) or {}
         if not isinstance(extra, dict):
             raise ConfigError(f"{params_file}: a parameters file must be a mapping")
-        prof["parameters"].update(extra)
-    prof["parameters"].update(params or {})
+        prof["explicit"].update(extra)
+    prof["explicit"].update(params or {})
     return prof
 
 
@@ -69,7 +71,8 @@ def parse_param(text: str) -> Any:
 
 def notebook_parameters(prof: dict[str, Any], notebook: str, run_root: Path) -> dict[str, Any]:
     """What papermill injects into one notebook."""
-    return {**prof["parameters"], **(prof["notebooks"].get(notebook) or {}), "run_root": str(run_root)}
+    return {**prof["parameters"], **(prof["notebooks"].get(notebook) or {}), **prof["explicit"],
+            "run_root": str(run_root)}
 
 
 def run_notebooks(
@@ -81,14 +84,23 @@ def run_notebooks(
     only: Iterable[str] | None = None,
     report: bool | None = None,
     log_output: bool = False,
+    runs_dir: str | Path = RUNS,
+    report_dir: str | Path | None = None,
 ) -> Path:
-    """Execute the notebooks in order under a profile; returns ``runs/<run_name>``."""
+    """Execute the notebooks in order under a profile; returns ``runs_dir/<run_name>``.
+
+    The report is rebuilt into ``report_dir`` (default: the project's ``report/``) afterwards when
+    the profile asks for it and all notebooks ran.
+    """
+    import os
+
     import papermill as pm
 
+    os.environ["HELPERS_HEADLESS"] = "1"  # the kernels inherit it: viz.browser draws static figures
     prof = load_profile(profile, params_file, params)
     if data_root:
-        prof["parameters"]["data_root"] = str(resolve(data_root))
-    run_root = RUNS / (run_name or prof["run_name"])
+        prof["explicit"]["data_root"] = str(resolve(data_root))
+    run_root = Path(runs_dir) / (run_name or prof["run_name"])
     out_dir = run_root / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     selected = [nb for nb in NOTEBOOK_ORDER if not only or any(nb.startswith(o) for o in only)]
@@ -112,12 +124,14 @@ def run_notebooks(
     if report is None:
         report = bool(prof.get("report", False)) and not only
     if report:
-        build_report(run_root)
+        build_report(run_root, report_dir)
     return run_root
 
 
-def build_report(run_root: str | Path) -> None:
+def build_report(run_root: str | Path, report_dir: str | Path | None = None) -> None:
     """``report/build.py`` for one run folder."""
     cmd = [sys.executable, str(PROJECT_ROOT / "report" / "build.py"), "--run", str(run_root)]
+    if report_dir:
+        cmd += ["--out", str(report_dir)]
     if subprocess.run(cmd, cwd=PROJECT_ROOT).returncode != 0:
         raise HelpersError(f"report build failed for {run_root}")

@@ -1,0 +1,102 @@
+"""The course notebooks: hygiene (stripped, one literal parameters cell) and a headless run of all five."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers.pipeline import NOTEBOOK_ORDER
+from helpers.paths import NOTEBOOKS
+
+NOTEBOOK_FILES = [NOTEBOOKS / f"{name}.ipynb" for name in NOTEBOOK_ORDER]
+
+
+def _cells(path: Path) -> list[dict]:
+    return json.loads(path.read_text(encoding="utf-8"))["cells"]
+
+
+def test_the_five_notebooks_exist_in_order():
+    assert sorted(p.name for p in NOTEBOOKS.glob("*.ipynb")) == [p.name for p in NOTEBOOK_FILES]
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
+def test_notebook_is_committed_stripped(path):
+    for cell in _cells(path):
+        if cell["cell_type"] == "code":
+            assert cell.get("outputs") == [], f"{path.name}: a code cell has outputs"
+            assert cell.get("execution_count") is None, f"{path.name}: a code cell has an execution count"
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
+def test_one_parameters_cell_of_plain_literals(path):
+    tagged = [c for c in _cells(path) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, f"{path.name}: needs exactly one cell tagged 'parameters'"
+    tree = ast.parse("".join(tagged[0]["source"]))
+    assert tree.body, "empty parameters cell"
+    for node in tree.body:
+        assert isinstance(node, ast.Assign) and len(node.targets) == 1, f"{path.name}: only NAME = literal lines"
+        ast.literal_eval(node.value)  # raises on anything but a plain literal
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
+def test_opens_with_what_it_teaches_a_colab_badge_and_the_setup_cell(path):
+    cells = _cells(path)
+    intro = "".join(cells[0]["source"])
+    assert cells[0]["cell_type"] == "markdown" and "colab.research.google.com" in intro
+    assert "What you learn" in intro and "Reads" in intro and "Writes" in intro
+    assert "colab.setup(" in "".join(cells[1]["source"])
+
+
+def _is_png(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 1000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_all_notebooks_run_headless_in_order_and_the_report_builds(demo_root, tmp_path):
+    """papermill runs 01 -> 05 on the demo data with a tiny schedule; check what they wrote."""
+    from helpers import data, pipeline, runs, submission
+
+    tiny = {"SOLVER.MAX_ITER": 4, "SOLVER.CHECKPOINT_PERIOD": 2, "TEST.EVAL_PERIOD": 2, "SOLVER.WARMUP_ITERS": 1,
+            "SOLVER.STEPS": [3], "INPUT.MIN_SIZE_TRAIN": [96], "INPUT.MIN_SIZE_TEST": 96,
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0}
+    run_root = pipeline.run_notebooks(
+        "demo", data_root=demo_root, run_name="nbtest", runs_dir=tmp_path / "runs", report_dir=tmp_path / "report",
+        params={"overrides": tiny, "ablation_overrides": {}, "make_demo_data": False},
+        report=True,
+    )
+    for name in NOTEBOOK_ORDER:
+        executed = run_root / "notebooks" / f"{name}.ipynb"
+        assert executed.is_file()
+    # 01: the split
+    val = data.load_split(run_root / "data" / "val.json", check_images=False)
+    train = data.load_split(run_root / "data" / "train.json", check_images=False)
+    assert val.images and train.images
+    assert not {i["id"] for i in val.images} & {i["id"] for i in train.images}
+    # 02: the run folder and its metrics
+    rows = runs.read_metrics(run_root / "train")
+    assert [r["iteration"] for r in rows] == list(range(4))
+    evals = runs.eval_rows(rows)
+    assert evals and all(0.0 <= r["segm/AP"] <= 1.0 and 0.0 <= r["bbox/AP50"] <= 1.0 for r in evals)
+    assert runs.is_finished(run_root / "train")
+    # 03: every ablation variant
+    results = json.loads((run_root / "ablation" / "results.json").read_text())
+    assert {r["variant"] for r in results} == {"no_decay", "wd_1e-4", "homework", "wd_1e-3"}
+    # 04: a submission that validates, and val metrics
+    summary = submission.validate_submission(demo_root / "test.json", run_root / "submission.json")
+    assert summary["images_total"] == len(json.loads((demo_root / "test.json").read_text())["images"])
+    metrics = json.loads((run_root / "val_metrics.json").read_text())
+    assert set(metrics["segm"]) >= {"AP", "AP50", "AP75", "per_class"}
+    # figures from 01, 02, 03, 05
+    for fig in ["01_dataset_stats", "01_samples", "02_training_curves", "03_ablation", "05_predictions",
+                "05_gt_vs_pred", "05_per_class_ap50", "05_pr_curves", "05_worst_images"]:
+        assert _is_png(run_root / "figures" / f"{fig}.png"), fig
+    # the report
+    report = tmp_path / "report"
+    assert (report / "report.md").is_file()
+    for png in ["fig1_samples", "fig3_architecture", "fig4_hyperparameters", "fig5_ablation_table",
+                "fig6_ablation_chart", "fig7_ablation_curves", "fig8_training_curves", "fig9_comparison"]:
+        assert _is_png(report / "figures" / f"{png}.png"), png
+        assert f"figures/{png}.png" in (report / "report.md").read_text()
