@@ -7,9 +7,12 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PROFILE ?= demo
 DATA    ?=
-RUN     ?=
+ENGINE  ?=
+RUN     ?= runs/demo
 
-.PHONY: help venv demo test run report bench clean-notebooks check-notebooks gpu-ci clean
+RUN_ARGS = --profile $(PROFILE) $(if $(DATA),--data $(DATA)) $(if $(ENGINE),-p engine $(ENGINE))
+
+.PHONY: help venv demo test run report bench check-notebooks gpu-ci clean
 
 help:
 	@echo "make demo      the whole course on the embedded demo data set, on CPU (about 10 minutes)"
@@ -26,9 +29,20 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VPY) -m helpers make-demo-data data/demo
-	$(VPY) -m helpers validate-data data/demo
-	$(VPY) -m helpers stats data/demo
+	$(VPY) -m helpers run-notebooks --profile demo
+
+run: $(STAMP)
+	$(VPY) -m helpers run-notebooks $(RUN_ARGS)
+
+gpu-ci: $(STAMP)
+	$(VPY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-ci needs a CUDA device')"
+	$(VPY) -m helpers run-notebooks --profile gpu-ci $(if $(DATA),--data $(DATA)) --log-output
+
+report: $(STAMP)
+	$(VPY) report/build.py --run $(RUN)
+
+check-notebooks: $(STAMP)
+	$(VPY) -m pytest -q tests/test_notebooks.py -k "not headless"
 
 test: $(STAMP)
 	$(VPY) -m pytest -q
