@@ -23,6 +23,7 @@ from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 
 from .errors import DataError
+from .masks import rle_problem
 from .io import write_json
 
 TRAIN_JSON = "pascal_train.json"
@@ -124,27 +125,6 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _rle_string_counts(counts: bytes) -> list[int]:
-    """The run lengths of COCO's compressed RLE string (6-bit chunks, deltas after the second run)."""
-    runs: list[int] = []
-    pos = 0
-    while pos < len(counts):
-        value, shift, more = 0, 0, True
-        while more:
-            if pos >= len(counts):
-                raise ValueError("compressed RLE 'counts' ends inside a number")
-            chunk = counts[pos] - 48
-            if not 0 <= chunk < 64:
-                raise ValueError("compressed RLE 'counts' holds a character outside the RLE alphabet")
-            value |= (chunk & 0x1F) << shift
-            more = bool(chunk & 0x20)
-            pos, shift = pos + 1, shift + 5
-            if not more and chunk & 0x10:
-                value -= 1 << shift
-        runs.append(value + runs[-2] if len(runs) > 2 else value)
-    return runs
-
-
 def _check_runs(runs: list, h: int, w: int) -> None:
     """RLE run lengths must be non-negative integers covering exactly the h*w pixels."""
     if not all(_is_int(r) and r >= 0 for r in runs):
@@ -174,9 +154,11 @@ def _dict_rle(rle: dict, h: int, w: int) -> dict:
         _check_runs(counts, h, w)
         return mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
     if isinstance(counts, (str, bytes)):
-        raw = counts.encode("ascii", "replace") if isinstance(counts, str) else counts
-        _check_runs(_rle_string_counts(raw), h, w)
-        return {"size": [h, w], "counts": raw}
+        text = counts.decode("ascii", "replace") if isinstance(counts, bytes) else counts
+        problem = rle_problem(text, h, w)
+        if problem:
+            raise ValueError(f"RLE {problem}")
+        return {"size": [h, w], "counts": text.encode("ascii")}
     raise ValueError("RLE 'counts' must be a string or a list of integers")
 
 

@@ -151,7 +151,7 @@ BAD_JSON_ENTRIES = {
     ),
     "RLE string garbage": (
         lambda c: _ann(c, 1).update(segmentation={"size": [30, 40], "counts": "\x01\x02"}),
-        ["annotation id 1", "RLE alphabet"],
+        ["annotation id 1", "is not an RLE character"],
     ),
 }
 
