@@ -120,7 +120,9 @@ DEFAULTS: dict[str, Any] = {
 # Keys each engine cannot honour. Setting one of these in an experiment (file or override)
 # while using that engine is an error; at its default it is simply not used.
 ENGINE_UNSUPPORTED: dict[str, dict[str, str]] = {
-    "detectron2": {},
+    "detectron2": {
+        "DATALOADER.ASPECT_RATIO_GROUPING": "batches follow a seeded order per iteration, so resume is bit-exact",
+    },
     "torchvision": {
         "MODEL.PIXEL_MEAN": "torchvision normalises RGB input with its ImageNet mean/std, which its weights need",
         "MODEL.PIXEL_STD": "torchvision normalises RGB input with its ImageNet mean/std, which its weights need",
@@ -143,7 +145,9 @@ ENGINE_UNSUPPORTED: dict[str, dict[str, str]] = {
 
 # Values that exist only as fixed choices in one engine; anything else is rejected.
 ENGINE_CHOICES: dict[str, dict[str, tuple]] = {
-    "detectron2": {},
+    "detectron2": {
+        "MODEL.MASK_ON": (True,),
+    },
     "torchvision": {
         "MODEL.RESNETS.DEPTH": (18, 34, 50, 101, 152),
         "MODEL.RESNETS.NORM": ("FrozenBN", "BN", "GN", "SyncBN"),

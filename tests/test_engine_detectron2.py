@@ -1,0 +1,346 @@
+"""The detectron2 engine on the CPU: config translation, run folder, bit-exact kill-and-resume,
+predictor, errors. Without detectron2 (CI) only the first test runs: the engine module still
+imports and says why it is unavailable."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import data, experiment, runs
+from helpers.config import load_config
+from helpers.engines import detectron2_engine as d2e
+from helpers.engines import get_engine
+from helpers.errors import ConfigError, EngineError
+
+
+def test_engine_module_imports_and_says_why_without_detectron2(monkeypatch):
+    monkeypatch.setitem(sys.modules, "detectron2", None)  # as if it were not installed
+    ok, reason = d2e.available()
+    assert not ok
+    assert reason.startswith("detectron2 is not importable (") and reason.endswith("install it from source: see README")
+    with pytest.raises(EngineError, match="the detectron2 engine is not available: detectron2 is not importable"):
+        get_engine("detectron2")
+
+
+def needs_detectron2(test):
+    """Marks a test that needs detectron2: skipped, saying so, where it is not installed (CI)."""
+    absent = importlib.util.find_spec("detectron2") is None
+    skip = pytest.mark.skipif(absent, reason="detectron2 is not importable: install it from source (README)")
+    return pytest.mark.detectron2(skip(test))
+
+MAX_ITER = 6
+# A tiny, fast model and schedule (the torchvision engine's tests use the same): 6 iterations,
+# a checkpoint and an evaluation every 3.
+TINY = {
+    "INPUT.MIN_SIZE_TRAIN": "(96,)",
+    "INPUT.MAX_SIZE_TRAIN": "128",
+    "INPUT.MIN_SIZE_TEST": "96",
+    "INPUT.MAX_SIZE_TEST": "128",
+    "SOLVER.IMS_PER_BATCH": "2",
+    "SOLVER.BASE_LR": "0.01",
+    "SOLVER.WARMUP_ITERS": "2",
+    "SOLVER.MAX_ITER": str(MAX_ITER),
+    "SOLVER.CHECKPOINT_PERIOD": "3",
+    "TEST.EVAL_PERIOD": "3",
+    "MODEL.FPN.OUT_CHANNELS": "32",
+    "MODEL.ROI_BOX_HEAD.FC_DIM": "64",
+    "MODEL.ROI_MASK_HEAD.CONV_DIM": "16",
+    "MODEL.ROI_MASK_HEAD.NUM_CONV": "1",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": "32",
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN": "200",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN": "100",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST": "100",
+    "MODEL.RPN.POST_NMS_TOPK_TEST": "50",
+    "TEST.DETECTIONS_PER_IMAGE": "20",
+    "DATALOADER.NUM_WORKERS": "0",
+}
+
+
+def tiny_overrides(**extra: str) -> list[str]:
+    items = {**TINY, **extra}
+    return [x for kv in items.items() for x in kv]
+
+
+def tiny_config(project_root: Path, **extra: str):
+    return d2e.prepare_config(load_config(project_root / "configs" / "demo.yaml", tiny_overrides(**extra)))
+
+
+def train_command(project_root: Path, demo_root: Path, run_dir: Path, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "helpers", "train", "--engine", "detectron2",
+            "--config", str(project_root / "configs" / "demo.yaml"), "--data", str(demo_root),
+            "--run-dir", str(run_dir), *flags, *tiny_overrides()]
+
+
+def final_state(run_dir: Path) -> dict:
+    return torch.load(run_dir / runs.FINAL, map_location="cpu", weights_only=True)["model"]
+
+
+@pytest.fixture(scope="module")
+def reference_run(project_root, demo_root, tmp_path_factory) -> Path:
+    """An uninterrupted training run: the layout checks, the predictor and the resume reference."""
+    run_dir = tmp_path_factory.mktemp("d2_reference") / "run"
+    experiment.train(project_root / "configs" / "demo.yaml", tiny_overrides(), engine="detectron2",
+                     data_root=demo_root, run_dir=run_dir, progress=False)
+    return run_dir
+
+
+# ------------------------------------------------------------------------------------- config
+
+
+@needs_detectron2
+def test_homework_values_land_in_the_detectron2_config(project_root):
+    cfg = d2e.prepare_config(load_config(project_root / "configs" / "homework.yaml", ["MODEL.DEVICE", "cpu"]))
+    node = d2e.detectron2_config(cfg)
+    assert node.SOLVER.BASE_LR == 0.00025 and node.SOLVER.IMS_PER_BATCH == 2 and node.SOLVER.MAX_ITER == 30000
+    assert node.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE == 128 and node.MODEL.ROI_HEADS.NUM_CLASSES == 20
+    assert node.SOLVER.WEIGHT_DECAY_BIAS == 0.01 and node.SOLVER.WEIGHT_DECAY == 1e-4
+    assert node.SOLVER.CHECKPOINT_PERIOD == 3000 and node.DATALOADER.NUM_WORKERS == 2
+    assert tuple(node.SOLVER.STEPS) == (210000, 250000)
+    assert tuple(node.INPUT.MIN_SIZE_TRAIN) == (640, 672, 704, 736, 768, 800) and node.INPUT.FORMAT == "BGR"
+    assert node.MODEL.WEIGHTS == "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
+    assert node.MODEL.RESNETS.NORM == "FrozenBN" and node.MODEL.BACKBONE.FREEZE_AT == 2
+    assert node.MODEL.META_ARCHITECTURE == "GeneralizedRCNN" and node.MODEL.MASK_ON
+    assert "ROOT" not in node.DATASETS and "VAL_FRACTION" not in node.DATASETS  # ours, not detectron2's
+
+
+@needs_detectron2
+def test_config_without_the_model_zoo_is_the_same(project_root, monkeypatch):
+    """Where detectron2.model_zoo cannot import (no pkg_resources), the structural keys are set directly."""
+    import detectron2
+
+    cfg = d2e.prepare_config(load_config(project_root / "configs" / "homework.yaml", ["MODEL.DEVICE", "cpu"]))
+    with_zoo = d2e.detectron2_config(cfg).dump()
+    monkeypatch.delattr(detectron2, "model_zoo", raising=False)
+    monkeypatch.setitem(sys.modules, "detectron2.model_zoo", None)
+    assert d2e.detectron2_config(cfg).dump() == with_zoo
+
+
+@needs_detectron2
+def test_prepare_config_makes_random_init_and_small_resnets_buildable(project_root):
+    cfg = d2e.prepare_config(load_config(project_root / "configs" / "homework.yaml",
+                                         ["MODEL.WEIGHTS", "", "MODEL.RESNETS.DEPTH", "18"]))
+    assert (cfg["MODEL.RESNETS.NORM"], cfg["MODEL.BACKBONE.FREEZE_AT"]) == ("BN", 0)
+    assert cfg["MODEL.RESNETS.RES2_OUT_CHANNELS"] == 64
+    with pytest.raises(EngineError, match="ImageNet weights for ResNet-50 and ResNet-101, not ResNet-18"):
+        d2e.prepare_config(load_config(project_root / "configs" / "demo.yaml", ["MODEL.WEIGHTS", "imagenet"]))
+    with pytest.raises(ConfigError, match=r"MODEL\.MASK_ON = False is not supported by the detectron2 engine"):
+        load_config(project_root / "configs" / "demo.yaml", ["MODEL.MASK_ON", "False"]).check_engine("detectron2")
+
+
+@needs_detectron2
+def test_offline_weights_download_fails_with_instructions():
+    with pytest.raises(EngineError) as err:
+        d2e._fetch_weights("http://127.0.0.1:9/R-50.pkl")  # nothing listens there: refused, like offline
+    assert "set MODEL.WEIGHTS to its path" in str(err.value) and "MODEL.WEIGHTS '' for random init" in str(err.value)
+
+
+@needs_detectron2
+def test_missing_weights_file_is_an_engine_error(project_root, tmp_path):
+    with pytest.raises(EngineError, match="no such file"):
+        d2e.prepare_config(load_config(project_root / "configs" / "demo.yaml",
+                                       ["MODEL.WEIGHTS", str(tmp_path / "x.pkl")]))
+
+
+@needs_detectron2
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_device_without_cuda_is_a_clear_error(project_root):
+    cfg = d2e.prepare_config(load_config(project_root / "configs" / "homework.yaml"))
+    with pytest.raises(EngineError, match="pass MODEL.DEVICE cpu"):
+        d2e.detectron2_config(cfg)
+
+
+# ---------------------------------------------------------------------------------- training
+
+
+@needs_detectron2
+@pytest.mark.slow
+def test_training_run_folder_layout(reference_run):
+    from detectron2.config import get_cfg
+
+    names = {p.name for p in reference_run.iterdir()}
+    assert {runs.CONFIG, d2e.D2_CONFIG, runs.RUN_INFO, runs.METRICS, runs.LAST, runs.FINAL, runs.BEST,
+            runs.BEST_INFO, "model_0000002.pth", "model_0000005.pth"} <= names
+    assert any(n.startswith("events.out.tfevents") for n in names)
+    assert not [n for n in names if n.endswith(".tmp")]
+    assert (reference_run / runs.LAST).read_text() == runs.FINAL
+    rows = runs.read_metrics(reference_run)
+    assert [r["iteration"] for r in rows] == list(range(MAX_ITER))
+    for row in rows:
+        assert {"loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc",
+                "total_loss", "lr", "data_time"} <= row.keys()
+    assert [r["iteration"] for r in runs.eval_rows(rows)] == [2, 5]
+    assert {"segm/AP", "segm/AP50", "bbox/AP", "bbox/AP50"} <= rows[2].keys()
+    best = json.loads((reference_run / runs.BEST_INFO).read_text())
+    assert best["iteration"] in (2, 5) and best["metric"] == "segm/AP"
+    info = runs.read_run_info(reference_run)
+    assert info["status"] == "finished" and info["engine"] == "detectron2" and "segm/AP" in info["final_metrics"]
+    node = get_cfg()
+    node.merge_from_file(str(reference_run / d2e.D2_CONFIG))
+    assert (node.SOLVER.MAX_ITER, node.MODEL.RESNETS.NORM, node.OUTPUT_DIR) == (MAX_ITER, "BN", str(reference_run))
+    checkpoint = torch.load(reference_run / "model_0000002.pth", weights_only=True)
+    assert checkpoint["iteration"] == 2 and checkpoint["model"].keys() == final_state(reference_run).keys()
+
+
+@needs_detectron2
+def test_batches_depend_only_on_the_iteration(project_root, demo_root, tmp_path):
+    """The loader started at iteration 3, with two workers, yields what the one started at 0 yields there."""
+    cfg = tiny_config(project_root)
+    splits = experiment.prepare_split(cfg, demo_root, tmp_path / "split")
+    node = d2e.detectron2_config(cfg, splits)
+    from_start = iter(d2e.train_loader(node, 0))
+    batches = [next(from_start) for _ in range(5)]
+    node.DATALOADER.NUM_WORKERS = 2
+    resumed = iter(d2e.train_loader(node, 3))
+    for expected in batches[3:]:
+        got = next(resumed)
+        assert [b["image_id"] for b in got] == [b["image_id"] for b in expected]
+        assert all(torch.equal(g["image"], e["image"]) for g, e in zip(got, expected))
+        assert all(torch.equal(g["instances"].gt_boxes.tensor, e["instances"].gt_boxes.tensor)
+                   for g, e in zip(got, expected))
+
+
+@needs_detectron2
+@pytest.mark.slow
+def test_killed_after_a_checkpoint_resumes_bit_identically(project_root, demo_root, reference_run, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(train_command(project_root, demo_root, run_dir), cwd=project_root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    try:
+        while runs.last_checkpoint(run_dir) is None:
+            assert proc.poll() is None, f"the run ended before it was killed: {proc.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < deadline, "timed out waiting to kill the run"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert not (run_dir / runs.FINAL).exists()
+    resumed_at = int(runs.last_checkpoint(run_dir).stem.split("_")[1]) + 1
+    done = subprocess.run(train_command(project_root, demo_root, run_dir, "--resume"), cwd=project_root,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"Starting training from iteration {resumed_at}" in done.stdout + done.stderr
+
+    ours, ref = final_state(run_dir), final_state(reference_run)
+    assert ours.keys() == ref.keys()
+    different = [k for k in ref if not torch.equal(ours[k], ref[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    rows, ref_rows = runs.read_metrics(run_dir), runs.read_metrics(reference_run)
+    assert [r["iteration"] for r in rows] == list(range(MAX_ITER))
+    assert [r["total_loss"] for r in rows] == [r["total_loss"] for r in ref_rows]
+    assert [r.get("segm/AP") for r in rows] == [r.get("segm/AP") for r in ref_rows]
+
+
+@needs_detectron2
+def test_checkpoint_write_killed_midway_leaves_the_previous_one(tmp_path, monkeypatch):
+    model = torch.nn.Linear(2, 2)
+    checkpointer = d2e._detectron2_class(d2e._AtomicCheckpointer, "detectron2.checkpoint.DetectionCheckpointer")(
+        model, str(tmp_path))
+    checkpointer.save("model_0000002", iteration=2)
+
+    def dies_halfway(obj, f, *args, **kwargs):
+        f.write(b"PK half a checkpoint")
+        raise KeyboardInterrupt  # stands for the kill
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        checkpointer.save("model_0000005", iteration=5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [runs.LAST, "model_0000002.pth"]
+    assert runs.last_checkpoint(tmp_path) == tmp_path / "model_0000002.pth"
+    assert torch.load(tmp_path / "model_0000002.pth", weights_only=True)["iteration"] == 2
+
+
+@needs_detectron2
+@pytest.mark.slow
+def test_nan_loss_stops_with_the_iteration_and_keeps_the_last_checkpoint(project_root, demo_root, tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = tiny_overrides(**{"SOLVER.BASE_LR": "10000.0", "SOLVER.WARMUP_ITERS": "1",
+                                  "SOLVER.CHECKPOINT_PERIOD": "1"})
+    with pytest.raises(EngineError, match=r"nan or inf at iteration \d+") as err:
+        experiment.train(project_root / "configs" / "demo.yaml", overrides, engine="detectron2", data_root=demo_root,
+                         run_dir=run_dir, progress=False)
+    failed_at = int(str(err.value).split("at iteration ")[1].split(" ")[0])
+    assert failed_at >= 1, "the learning rate needs a step to blow up"
+    assert runs.last_checkpoint(run_dir) == run_dir / runs.checkpoint_name(failed_at - 1)
+    assert str(run_dir / runs.checkpoint_name(failed_at - 1)) in str(err.value)
+    assert not (run_dir / runs.checkpoint_name(failed_at)).exists() and not (run_dir / runs.FINAL).exists()
+    assert [r["iteration"] for r in runs.read_metrics(run_dir)] == list(range(failed_at))
+
+
+# -------------------------------------------------------------------------------- prediction
+
+
+@needs_detectron2
+@pytest.mark.slow
+def test_predictor_returns_instances_with_dataset_ids(reference_run, demo_root):
+    predictor = experiment.load_predictor(reference_run, score_thresh=0.0)
+    split = data.load_split(demo_root / data.TEST_JSON, check_images=False)
+    images = [data.read_image(split.image_path(img)) for img in split.images[:2]]
+    outputs = predictor(images)
+    assert len(outputs) == 2 and predictor.device == "cpu"
+    valid_ids = {c["id"] for c in split.categories}
+    for image, inst in zip(images, outputs):
+        h, w = image.shape[:2]
+        assert inst.image_size == (h, w) and len(inst) > 0
+        assert inst.masks.shape == (len(inst), h, w) and inst.masks.dtype == bool
+        assert inst.boxes.shape == (len(inst), 4) and inst.boxes.dtype == np.float32
+        assert inst.scores.dtype == np.float32 and np.all(np.diff(inst.scores) <= 0)
+        assert set(inst.category_ids.tolist()) <= valid_ids
+
+
+@needs_detectron2
+@pytest.mark.slow
+def test_classes_map_back_to_the_data_sets_category_ids(reference_run, demo_root):
+    cfg, _ = experiment.load_run(reference_run)
+    cfg["MODEL.ROI_HEADS.SCORE_THRESH_TEST"] = 0.0
+    split = data.load_split(demo_root / data.TEST_JSON, check_images=False)
+    image = data.read_image(split.image_path(split.images[0]))
+    checkpoint = reference_run / runs.FINAL
+    plain = d2e.load_predictor(cfg, checkpoint, split.categories)([image])[0]
+    sparse = [{**c, "id": c["id"] * 10} for c in split.categories]
+    renumbered = d2e.load_predictor(cfg, checkpoint, sparse)([image])[0]
+    assert len(plain) > 0 and renumbered.category_ids.tolist() == (plain.category_ids * 10).tolist()
+
+
+@needs_detectron2
+def test_predictor_feeds_the_model_bgr(project_root):
+    """The homework gave RGB to a BGR model; ours converts: a red image reaches the model red in BGR."""
+    from detectron2.modeling import build_model
+
+    node = d2e.detectron2_config(tiny_config(project_root))
+    model = build_model(node).eval()
+    seen = []
+    model.backbone.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+    red = np.zeros((64, 80, 3), np.uint8)
+    red[..., 0] = 255
+    inst = d2e._predictor(model, node, [{"id": i, "name": str(i)} for i in range(1, 6)])([red])[0]
+    mean, std = node.MODEL.PIXEL_MEAN, node.MODEL.PIXEL_STD  # BGR order
+    pixel = seen[0][0, :, 0, 0]
+    assert pixel.tolist() == pytest.approx([(0 - mean[0]) / std[0], (0 - mean[1]) / std[1], (255 - mean[2]) / std[2]])
+    assert inst.masks.shape[1:] == (64, 80)
+
+
+@needs_detectron2
+def test_architecture_matches_the_torchvision_engines_stages(project_root, demo_root):
+    from helpers.engines import torchvision_engine as tve
+
+    cfg = load_config(project_root / "configs" / "demo.yaml")
+    split = data.load_split(demo_root / data.TRAIN_JSON, check_images=False)
+    image = data.read_image(split.image_path(split.images[0]))
+    rows = d2e.architecture(d2e.prepare_config(cfg), split.categories, image)
+    stages = [r["stage"] for r in rows]
+    assert stages == [r["stage"] for r in tve.architecture(tve.prepare_config(cfg), split.categories, image)]
+    shapes = {r["stage"]: r["shape"] for r in rows}
+    assert shapes["fpn.p2"][1] == cfg["MODEL.FPN.OUT_CHANNELS"]
+    assert shapes["roi_heads.mask_predictor"][1:] == [len(split.categories), 28, 28]  # class-specific, no background
+    assert shapes["output.masks"][1:] == list(image.shape[:2])
