@@ -17,9 +17,9 @@ from .io import write_json
 
 # What the homework reported (segm mAP on the hidden test set), and what it really changed.
 HOMEWORK_REPORTED = [
-    {"variant": "homework: 'without weight decay'", "segm/AP": 0.42467, "reported": True,
+    {"variant": "reported 'no decay'", "segm/AP": 0.42467, "reported": True,
      "weight_decay": 0.0001, "weight_decay_bias": 0.0001},
-    {"variant": "homework: 'weight decay = 0.1'", "segm/AP": 0.47416, "reported": True,
+    {"variant": "reported 'decay 0.1'", "segm/AP": 0.47416, "reported": True,
      "weight_decay": 0.0001, "weight_decay_bias": 0.01},
 ]
 HOMEWORK_NOTE = (
