@@ -1,0 +1,326 @@
+"""The torchvision engine on the CPU: run folder, bit-exact kill-and-resume, predictor, errors, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import data, experiment, runs
+from helpers.config import load_config
+from helpers.engines import torchvision_engine as tve
+from helpers.errors import EngineError
+
+pytestmark = pytest.mark.slow
+
+MAX_ITER = 6
+# A tiny, fast model and schedule: 6 iterations, a checkpoint and an evaluation every 3.
+TINY = {
+    "INPUT.MIN_SIZE_TRAIN": "(96,)",
+    "INPUT.MAX_SIZE_TRAIN": "128",
+    "INPUT.MIN_SIZE_TEST": "96",
+    "INPUT.MAX_SIZE_TEST": "128",
+    "SOLVER.IMS_PER_BATCH": "2",
+    "SOLVER.BASE_LR": "0.01",
+    "SOLVER.WARMUP_ITERS": "2",
+    "SOLVER.MAX_ITER": str(MAX_ITER),
+    "SOLVER.CHECKPOINT_PERIOD": "3",
+    "TEST.EVAL_PERIOD": "3",
+    "MODEL.FPN.OUT_CHANNELS": "32",
+    "MODEL.ROI_BOX_HEAD.FC_DIM": "64",
+    "MODEL.ROI_MASK_HEAD.CONV_DIM": "16",
+    "MODEL.ROI_MASK_HEAD.NUM_CONV": "1",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": "32",
+    "MODEL.RPN.PRE_NMS_TOPK_TRAIN": "200",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN": "100",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST": "100",
+    "MODEL.RPN.POST_NMS_TOPK_TEST": "50",
+    "TEST.DETECTIONS_PER_IMAGE": "20",
+    "DATALOADER.NUM_WORKERS": "0",
+}
+
+
+def tiny_overrides(**extra: str) -> list[str]:
+    items = {**TINY, **extra}
+    return [x for kv in items.items() for x in kv]
+
+
+def cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "helpers", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def train_command(project_root: Path, demo_root: Path, run_dir: Path, *flags: str, **overrides: str) -> list[str]:
+    return [sys.executable, "-m", "helpers", "train", "--config", str(project_root / "configs" / "demo.yaml"),
+            "--data", str(demo_root), "--run-dir", str(run_dir), *flags, *tiny_overrides(**overrides)]
+
+
+@pytest.fixture(scope="module")
+def reference_run(project_root, demo_root, tmp_path_factory) -> Path:
+    """An uninterrupted CLI training run: the layout checks and the resume reference."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    done = subprocess.run(train_command(project_root, demo_root, run_dir), cwd=project_root, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return run_dir
+
+
+def final_state(run_dir: Path) -> dict:
+    return torch.load(run_dir / runs.FINAL, map_location="cpu", weights_only=True)["model"]
+
+
+def assert_same_run(run_dir: Path, reference: Path) -> None:
+    """Bit-identical final weights, and every iteration logged once with the same losses."""
+    ours, ref = final_state(run_dir), final_state(reference)
+    assert ours.keys() == ref.keys()
+    different = [k for k in ref if not torch.equal(ours[k], ref[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+    rows, ref_rows = runs.read_metrics(run_dir), runs.read_metrics(reference)
+    assert [r["iteration"] for r in rows] == list(range(MAX_ITER))
+    assert [r["total_loss"] for r in rows] == [r["total_loss"] for r in ref_rows]
+    assert [r.get("segm/AP") for r in rows] == [r.get("segm/AP") for r in ref_rows]
+
+
+# ------------------------------------------------------------------------------- training
+
+
+def test_training_run_folder_layout(reference_run):
+    names = {p.name for p in reference_run.iterdir()}
+    assert {runs.CONFIG, runs.RUN_INFO, runs.METRICS, runs.LAST, runs.FINAL, runs.BEST, runs.BEST_INFO,
+            "model_0000002.pth", "model_0000005.pth"} <= names
+    assert any(n.startswith("events.out.tfevents") for n in names)
+    assert not [n for n in names if n.endswith(".tmp")]
+    assert (reference_run / runs.LAST).read_text() == runs.FINAL
+    rows = runs.read_metrics(reference_run)
+    assert [r["iteration"] for r in rows] == list(range(MAX_ITER))
+    for row in rows:
+        assert {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg",
+                "total_loss", "lr", "time", "data_time"} <= row.keys()
+    assert [r["iteration"] for r in runs.eval_rows(rows)] == [2, 5]
+    assert {"segm/AP", "segm/AP50", "bbox/AP", "bbox/AP50"} <= rows[2].keys()
+    best = json.loads((reference_run / runs.BEST_INFO).read_text())
+    assert best["iteration"] in (2, 5) and best["metric"] == "segm/AP"
+    info = runs.read_run_info(reference_run)
+    assert info["status"] == "finished" and "segm/AP" in info["final_metrics"]
+    cfg = load_config(reference_run / runs.CONFIG)
+    assert cfg["SOLVER.MAX_ITER"] == MAX_ITER and cfg["MODEL.RESNETS.NORM"] == "BN"  # prepared: random init
+
+
+def test_learning_rate_follows_warmup_and_steps(project_root):
+    cfg = load_config(project_root / "configs" / "homework.yaml",
+                      ["SOLVER.BASE_LR", "1.0", "SOLVER.WARMUP_ITERS", "10", "SOLVER.WARMUP_FACTOR", "0.1",
+                       "SOLVER.STEPS", "(20, 30)", "SOLVER.GAMMA", "0.5"])
+    assert tve.learning_rate(cfg, 0) == pytest.approx(0.1)
+    assert tve.learning_rate(cfg, 5) == pytest.approx(0.55)
+    assert [tve.learning_rate(cfg, i) for i in (10, 19, 20, 29, 30)] == pytest.approx([1, 1, 0.5, 0.5, 0.25])
+    cfg["SOLVER.WARMUP_METHOD"] = "constant"
+    assert tve.learning_rate(cfg, 9) == pytest.approx(0.1)
+
+
+def test_param_groups_follow_detectron2(project_root):
+    cfg = tve.prepare_config(load_config(project_root / "configs" / "demo.yaml",
+                                         ["SOLVER.WEIGHT_DECAY_NORM", "0.0", "SOLVER.BIAS_LR_FACTOR", "2.0"]))
+    model = tve.build_model(cfg, 5, load_weights=False)
+    groups = {(g["lr_factor"], g["weight_decay"]): g["params"] for g in tve._param_groups(cfg, model)}
+    norm_weight = model.backbone.body.bn1.weight
+    conv_weight, bias = model.backbone.body.conv1.weight, model.rpn.head.conv[0][0].bias
+    assert any(p is norm_weight for p in groups[(1.0, 0.0)])
+    assert any(p is conv_weight for p in groups[(1.0, 1e-4)])
+    assert any(p is bias for p in groups[(2.0, 0.01)])  # WEIGHT_DECAY_BIAS 0.01 from homework.yaml
+    assert sum(len(ps) for ps in groups.values()) == sum(p.requires_grad for p in model.parameters())
+
+
+def _kill_when(command: list[str], cwd: Path, ready, timeout: float = 120) -> None:
+    """Start ``command`` and SIGKILL it as soon as ``ready()`` is true; fail if it ends first."""
+    proc = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() < deadline, "timed out waiting to kill the run"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+
+
+def _resume(project_root: Path, demo_root: Path, run_dir: Path) -> None:
+    done = subprocess.run(train_command(project_root, demo_root, run_dir, "--resume"), cwd=project_root,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+def test_killed_after_a_checkpoint_resumes_bit_identically(project_root, demo_root, reference_run, tmp_path):
+    run_dir = tmp_path / "run"
+    _kill_when(train_command(project_root, demo_root, run_dir), project_root,
+               lambda: runs.last_checkpoint(run_dir) is not None)
+    assert not (run_dir / runs.FINAL).exists()
+    _resume(project_root, demo_root, run_dir)
+    assert_same_run(run_dir, reference_run)
+
+
+def test_killed_while_writing_a_checkpoint_resumes_bit_identically(project_root, demo_root, reference_run, tmp_path):
+    run_dir = tmp_path / "run"
+
+    def writing_checkpoint() -> bool:
+        return run_dir.is_dir() and any(n.startswith(".model_") and n.endswith(".tmp") for n in os.listdir(run_dir))
+
+    _kill_when(train_command(project_root, demo_root, run_dir), project_root, writing_checkpoint)
+    assert not (run_dir / runs.FINAL).exists()
+    _resume(project_root, demo_root, run_dir)
+    assert_same_run(run_dir, reference_run)
+
+
+def test_nan_loss_stops_with_the_iteration_and_keeps_the_last_checkpoint(project_root, demo_root, tmp_path, monkeypatch):
+    real = tve.learning_rate
+    monkeypatch.setattr(tve, "learning_rate", lambda cfg, it: float("nan") if it >= 3 else real(cfg, it))
+    run_dir = tmp_path / "run"
+    with pytest.raises(EngineError, match=r"nan or inf at iteration 4 .*model_0000002\.pth"):
+        experiment.train(project_root / "configs" / "demo.yaml", tiny_overrides(), data_root=demo_root,
+                         run_dir=run_dir, progress=False)
+    assert runs.last_checkpoint(run_dir) == run_dir / "model_0000002.pth"
+    assert not (run_dir / runs.FINAL).exists() and not (run_dir / "model_0000005.pth").exists()
+    assert [r["iteration"] for r in runs.read_metrics(run_dir)] == [0, 1, 2, 3]
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="gloo needs a POSIX host")
+def test_two_process_ddp_on_cpu(project_root, demo_root, tmp_path):
+    """torchrun-style: WORLD_SIZE 2, gloo; rank 0 writes a complete run folder."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run_dir = tmp_path / "run"
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen(train_command(project_root, demo_root, run_dir, **{"SOLVER.MAX_ITER": "4"}),
+                                      cwd=project_root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    try:
+        codes = [p.wait(timeout=120) for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.skip("2-process DDP took over 120 s on this machine")
+    assert codes == [0, 0], procs[0].stderr.read().decode()[-2000:] + procs[1].stderr.read().decode()[-2000:]
+    assert [r["iteration"] for r in runs.read_metrics(run_dir)] == [0, 1, 2, 3]
+    assert (run_dir / runs.FINAL).is_file() and runs.is_finished(run_dir)
+
+
+# ----------------------------------------------------------------------------- prediction
+
+
+def test_predictor_returns_instances_with_dataset_ids(reference_run, demo_root):
+    predictor = experiment.load_predictor(reference_run, score_thresh=0.0)
+    split = data.load_split(demo_root / data.TEST_JSON, check_images=False)
+    images = [data.read_image(split.image_path(img)) for img in split.images[:2]]
+    outputs = predictor(images)
+    assert len(outputs) == 2 and predictor.device == "cpu"
+    valid_ids = {c["id"] for c in split.categories}
+    for image, inst in zip(images, outputs):
+        h, w = image.shape[:2]
+        assert inst.image_size == (h, w) and len(inst) > 0
+        assert inst.masks.shape == (len(inst), h, w) and inst.masks.dtype == bool
+        assert inst.boxes.shape == (len(inst), 4) and inst.boxes.dtype == np.float32
+        assert inst.scores.dtype == np.float32 and np.all(np.diff(inst.scores) <= 0)
+        assert set(inst.category_ids.tolist()) <= valid_ids
+
+
+def test_labels_map_back_to_category_ids():
+    out = {"boxes": torch.tensor([[0.0, 0, 2, 2], [1, 1, 3, 3]]), "scores": torch.tensor([0.9, 0.4]),
+           "labels": torch.tensor([2, 1]), "masks": torch.tensor([0.7, 0.2]).reshape(2, 1, 1, 1).expand(2, 1, 4, 5)}
+    inst = tve._instances(out, (4, 5), np.array([10, 30]))
+    assert inst.category_ids.tolist() == [30, 10]
+    assert inst.masks[0].all() and not inst.masks[1].any()
+
+
+def test_architecture_lists_the_pipeline_in_order(project_root, demo_root):
+    cfg = tve.prepare_config(load_config(project_root / "configs" / "demo.yaml"))
+    split = data.load_split(demo_root / data.TRAIN_JSON, check_images=False)
+    image = data.read_image(split.image_path(split.images[0]))
+    rows = tve.architecture(cfg, split.categories, image)
+    stages = [r["stage"] for r in rows]
+    assert stages[:6] == ["input", "backbone.stem", "backbone.res2", "backbone.res3", "backbone.res4", "backbone.res5"]
+    assert stages.index("fpn.p6") < stages.index("rpn.proposals") < stages.index("roi_heads.box_head") \
+        < stages.index("roi_heads.mask_head") < stages.index("output.masks")
+    shapes = {r["stage"]: r["shape"] for r in rows}
+    assert shapes["fpn.p2"][1] == cfg["MODEL.FPN.OUT_CHANNELS"]
+    assert shapes["roi_heads.mask_predictor"][1:] == [len(split.categories) + 1, 28, 28]
+    assert shapes["output.masks"][2:] == list(image.shape[:2])
+
+
+# -------------------------------------------------------------------------------- weights and errors
+
+
+def test_imagenet_weights_offline_fail_fast_with_instructions(project_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # nothing listens there: refused at once, like offline
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.setattr(urllib.request, "_opener", None)
+    cfg = load_config(project_root / "configs" / "demo.yaml", ["MODEL.WEIGHTS", "imagenet", "MODEL.RESNETS.NORM", "FrozenBN"])
+    start = time.monotonic()
+    with pytest.raises(EngineError) as err:
+        tve.build_model(cfg, 5)
+    assert time.monotonic() - start < 30
+    message = str(err.value)
+    assert "resnet18-f37072fd.pth" in message and str(tmp_path / "torch" / "hub" / "checkpoints") in message
+    assert "MODEL.WEIGHTS ''" in message
+
+
+def test_backbone_state_dict_loads_into_the_backbone(project_root, tmp_path):
+    import torchvision
+
+    resnet = torchvision.models.resnet18()
+    path = tmp_path / "r18.pth"
+    torch.save(resnet.state_dict(), path)
+    cfg = tve.prepare_config(load_config(project_root / "configs" / "demo.yaml", ["MODEL.WEIGHTS", str(path)]))
+    model = tve.build_model(cfg, 5)
+    assert torch.equal(model.backbone.body.layer3[0].conv1.weight, resnet.layer3[0].conv1.weight)
+
+
+def test_missing_weights_file_is_an_engine_error(project_root, tmp_path):
+    cfg = load_config(project_root / "configs" / "demo.yaml", ["MODEL.WEIGHTS", str(tmp_path / "absent.pth")])
+    with pytest.raises(EngineError, match="no such file"):
+        tve.build_model(cfg, 5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_device_without_cuda_is_a_clear_error(project_root, demo_root, tmp_path):
+    with pytest.raises(EngineError, match="pass MODEL.DEVICE cpu"):
+        experiment.train(project_root / "configs" / "demo.yaml", tiny_overrides(**{"MODEL.DEVICE": "cuda"}),
+                         data_root=demo_root, run_dir=tmp_path / "run", progress=False)
+    cfg = load_config(project_root / "configs" / "demo.yaml", ["MODEL.DEVICE", "cuda"])
+    with pytest.raises(EngineError, match="pass MODEL.DEVICE cpu"):
+        tve.load_predictor(cfg, tmp_path / "none.pth", [{"id": 1, "name": "a"}])
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_predict_and_validate_submission(project_root, demo_root, reference_run, tmp_path):
+    sub = tmp_path / "sub.json"
+    done = cli("predict", "--run-dir", str(reference_run), "--images", str(demo_root / data.TEST_JSON),
+               "--out", str(sub), "--score-thresh", "0.0", cwd=project_root)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(sub.read_text())
+    done = cli("validate-submission", str(demo_root / data.TEST_JSON), str(sub), cwd=project_root)
+    assert done.returncode == 0, done.stderr
+
+
+def test_cli_train_error_is_one_line(project_root, demo_root, tmp_path):
+    done = cli("train", "--config", str(project_root / "configs" / "demo.yaml"), "--data", str(demo_root),
+               "--run-dir", str(tmp_path / "run"), "SOLVER.BASE_RL", "0.1", cwd=project_root)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["error: unknown config key SOLVER.BASE_RL; did you mean SOLVER.BASE_LR?"]
