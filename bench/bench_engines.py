@@ -81,14 +81,15 @@ def format_table(results: dict[str, dict], skipped: dict[str, str]) -> str:
     """The results as a text table, plus each engine's ratio to the first one."""
     columns = [("train s/iter", "train_s_per_iter", "{:.3f}"), ("predict s/img", "predict_s_per_image", "{:.3f}"),
                ("train peak MiB", "train_peak_mb", "{:.0f}"), ("predict peak MiB", "predict_peak_mb", "{:.0f}")]
-    lines = [f"{'engine':<14}" + "".join(f"{title:>18}" for title, _, _ in columns)]
+    width = 24
+    lines = [f"{'engine':<{width}}" + "".join(f"{title:>18}" for title, _, _ in columns)]
     for engine, row in results.items():
-        lines.append(f"{engine:<14}" + "".join(f"{fmt.format(row[key]):>18}" for _, key, fmt in columns))
+        lines.append(f"{engine:<{width}}" + "".join(f"{fmt.format(row[key]):>18}" for _, key, fmt in columns))
     names = list(results)
     for engine in names[1:]:
         ratios = [results[engine][key] / results[names[0]][key] for _, key, _ in columns]
-        lines.append(f"{engine + '/' + names[0]:<14}" + "".join(f"{r:>17.2f}x" for r in ratios))
-    lines += [f"{engine:<14}  not available: {reason}" for engine, reason in skipped.items()]
+        lines.append(f"{engine + '/' + names[0]:<{width}}" + "".join(f"{r:>17.2f}x" for r in ratios))
+    lines += [f"{engine:<{width}}not available: {reason}" for engine, reason in skipped.items()]
     return "\n".join(lines)
 
 
