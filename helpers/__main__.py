@@ -92,6 +92,7 @@ def _cmd_predict(args) -> int:
         out=args.out,
         checkpoint=args.checkpoint,
         score_thresh=args.score_thresh,
+        device=args.device,
     )
     print(json.dumps({k: v for k, v in summary.items() if k != "validation"}, indent=2))
     return 0
@@ -165,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="submission JSON to write")
     s.add_argument("--checkpoint", default="best", help="best, final, last or a .pth path")
     s.add_argument("--score-thresh", type=float, default=None, help="default: the run config's")
+    s.add_argument("--device", default=None, help="cpu or cuda (default: the run config's MODEL.DEVICE)")
     s.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("run-notebooks", help="execute the ordered notebooks headlessly (papermill) under a profile")

@@ -91,6 +91,7 @@ def train(
         raise EngineError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another --run-dir")
     module = get_engine(engine)
     run_dir.mkdir(parents=True, exist_ok=True)
+    runs.remove_partial_writes(run_dir)
     cfg.save(run_dir / runs.CONFIG)
     runs.write_run_info(run_dir, engine=engine, data_root=cfg["DATASETS.ROOT"], train_split=str(splits.train),
                         val_split=str(splits.val), status="training")
@@ -138,14 +139,14 @@ def images_to_predict(images: str | Path) -> list[tuple[int, Path]]:
 
 
 def predict(run_dir: str | Path, images: str | Path, out: str | Path, checkpoint: str = "best",
-            score_thresh: float | None = None, progress: bool = True) -> dict:
+            score_thresh: float | None = None, progress: bool = True, device: str | None = None) -> dict:
     """Predict images with a trained run and write a submission file; returns its validation summary
     (when ``images`` is a test.json) plus timing."""
     import time
 
     from .submission import instances_to_results, validate_submission, write_submission
 
-    predictor = load_predictor(run_dir, checkpoint, score_thresh)
+    predictor = load_predictor(run_dir, checkpoint, score_thresh, device)
     pairs = images_to_predict(images)
     ids = {p: i for i, p in pairs}
     results: list[dict] = []

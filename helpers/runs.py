@@ -58,6 +58,14 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return path if path.is_file() else None
 
 
+def remove_partial_writes(run_dir: Path) -> list[Path]:
+    """Delete temp files left by a write that a kill interrupted (see helpers.io.atomic_write)."""
+    leftovers = sorted(Path(run_dir).glob(".*.tmp"))
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
+
+
 def resolve_checkpoint(run_dir: Path, which: str = "best") -> Path:
     """``best`` (falls back to final), ``final``, ``last`` or a path to a .pth file."""
     run_dir = Path(run_dir)

@@ -68,3 +68,11 @@ def test_best_tracking(tmp_path):
     runs.record_best(tmp_path, 9, 0.5)
     assert not runs.is_new_best(tmp_path, 0.4)
     assert runs.is_new_best(tmp_path, 0.6)
+
+
+def test_partial_writes_are_removed_before_a_resume(tmp_path):
+    runs.save_checkpoint(tmp_path, runs.checkpoint_name(1), {"iteration": 1})
+    (tmp_path / ".model_0000003.pth.abc123.tmp").write_bytes(b"half a checkpoint")
+    removed = runs.remove_partial_writes(tmp_path)
+    assert [p.name for p in removed] == [".model_0000003.pth.abc123.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [runs.LAST, "model_0000001.pth"]

@@ -74,6 +74,11 @@ def evaluate_on_split(predictor: Predictor, split_json: Path, progress: bool = F
     return flat
 
 
+# Tags that keep the per-iteration random streams apart: which batch, torch's RNG (RPN/ROI sampling,
+# multi-scale choice), per-sample augmentation (flip).
+BATCH_STREAM, TORCH_STREAM, AUGMENT_STREAM = 1, 2, 3
+
+
 def iteration_seed(seed: int, iteration: int, *extra: int) -> int:
     """A 31-bit seed that depends only on (seed, iteration, extra): what makes resume bit-exact."""
     digest = hashlib.sha256(repr((seed, iteration) + extra).encode()).digest()
@@ -88,7 +93,7 @@ def batch_indices(num_items: int, batch_size: int, iteration: int, seed: int) ->
     out = []
     for k in range(iteration * batch_size, (iteration + 1) * batch_size):
         epoch, pos = divmod(k, num_items)
-        perm = np.random.default_rng(iteration_seed(seed, epoch, 1)).permutation(num_items)
+        perm = np.random.default_rng(iteration_seed(seed, epoch, BATCH_STREAM)).permutation(num_items)
         out.append(int(perm[pos]))
     return out
 
@@ -97,3 +102,30 @@ def effective_seed(cfg) -> int:
     """SEED, where detectron2's -1 ("random") becomes a fixed 0 so runs are reproducible."""
     seed = int(cfg["SEED"])
     return seed if seed >= 0 else 0
+
+
+def iteration_batches(num_items: int, batch_size: int, seed: int, start: int, stop: int | None = None,
+                      rank: int = 0, world: int = 1):
+    """A torch batch sampler: for iterations ``start`` .. ``stop - 1`` (forever when ``stop`` is None),
+    this process's share of :func:`batch_indices`, as ``(iteration, index)`` keys."""
+    import itertools
+
+    import torch
+
+    from ..errors import ConfigError
+
+    if batch_size % world:
+        raise ConfigError(f"SOLVER.IMS_PER_BATCH {batch_size} (the total batch) must divide among {world} processes")
+
+    class IterationBatches(torch.utils.data.Sampler):
+        def __iter__(self):
+            its = itertools.count(start) if stop is None else range(start, stop)
+            for it in its:
+                yield [(it, i) for i in batch_indices(num_items, batch_size, it, seed)[rank::world]]
+
+        def __len__(self) -> int:
+            if stop is None:
+                raise TypeError("an endless sampler has no length")
+            return max(0, stop - start)
+
+    return IterationBatches()

@@ -41,9 +41,8 @@ import importlib
 import logging
 import random
 import weakref
-from itertools import count
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,9 +74,6 @@ BASE_RCNN_FPN = {
     "MODEL.ROI_BOX_HEAD.NAME": "FastRCNNConvFCHead",
     "MODEL.ROI_MASK_HEAD.NAME": "MaskRCNNConvUpsampleHead",
 }
-# Tags that keep the per-iteration random streams apart (base.batch_indices uses 1), as in the
-# torchvision engine.
-_TORCH_STREAM, _AUGMENT_STREAM = 2, 3
 
 _warned: set[str] = set()
 
@@ -315,23 +311,6 @@ def register_split(json_path: Path) -> str:
     return name
 
 
-class _IterationBatches(torch.utils.data.Sampler):
-    """From iteration ``start`` on, this process's share of base.batch_indices as (iteration, index) keys."""
-
-    def __init__(self, num_items: int, batch_size: int, seed: int, start: int, rank: int, world: int):
-        if batch_size % world:
-            raise ConfigError(
-                f"SOLVER.IMS_PER_BATCH {batch_size} (the total batch) must divide among {world} processes"
-            )
-        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
-        self.start, self.rank, self.world = start, rank, world
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for it in count(self.start):
-            indices = base.batch_indices(self.num_items, self.batch_size, it, self.seed)
-            yield [(it, i) for i in indices[self.rank :: self.world]]
-
-
 class _SeededMapper(torch.utils.data.Dataset):
     """Data set dicts through detectron2's DatasetMapper, keyed by (iteration, index), with the
     augmentations' RNGs (numpy's and Python's global ones) seeded from the key: any worker and any
@@ -345,7 +324,7 @@ class _SeededMapper(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         iteration, index = key
-        seed = base.iteration_seed(self.seed, iteration, _AUGMENT_STREAM, index)
+        seed = base.iteration_seed(self.seed, iteration, base.AUGMENT_STREAM, index)
         np.random.seed(seed)
         random.seed(seed)
         return self.mapper(self.dicts[index])
@@ -359,8 +338,8 @@ def train_loader(node, start_iter: int) -> torch.utils.data.DataLoader:
     from detectron2.utils import comm
 
     dicts = get_detection_dataset_dicts(node.DATASETS.TRAIN, filter_empty=node.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
-    sampler = _IterationBatches(len(dicts), node.SOLVER.IMS_PER_BATCH, node.SEED, start_iter,
-                                comm.get_rank(), comm.get_world_size())
+    sampler = base.iteration_batches(len(dicts), node.SOLVER.IMS_PER_BATCH, node.SEED, start_iter,
+                                     rank=comm.get_rank(), world=comm.get_world_size())
     return torch.utils.data.DataLoader(
         _SeededMapper(dicts, DatasetMapper(node, is_train=True), node.SEED),
         batch_sampler=sampler,
@@ -473,7 +452,7 @@ class _SeedIteration:
     def before_step(self):
         from detectron2.utils import comm
 
-        torch.manual_seed(base.iteration_seed(self.seed, self.trainer.iter, _TORCH_STREAM, comm.get_rank()))
+        torch.manual_seed(base.iteration_seed(self.seed, self.trainer.iter, base.TORCH_STREAM, comm.get_rank()))
 
 
 class _Evaluate:

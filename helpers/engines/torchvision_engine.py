@@ -60,8 +60,6 @@ POOLER_SAMPLING_RATIO = 0  # detectron2's default: adaptive RoIAlign sampling
 DOWNLOAD_TIMEOUT_S = 60  # a stalled ImageNet download fails instead of hanging
 MASK_THRESHOLD = 0.5
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, FrozenBatchNorm2d)
-# Tags that keep the per-iteration random streams apart (base.batch_indices uses 1).
-_TORCH_STREAM, _FLIP_STREAM = 2, 3
 
 _warned: set[str] = set()
 
@@ -470,7 +468,7 @@ class _TrainImages(torch.utils.data.Dataset):
         h, w = image.shape[:2]
         masks = np.stack([data.annotation_mask(a, h, w) for a, _ in anns]) if anns else np.zeros((0, h, w), bool)
         boxes = np.array([[x, y, x + bw, y + bh] for (x, y, bw, bh) in (a["bbox"] for a, _ in anns)], np.float32).reshape(-1, 4)
-        if self.flip and np.random.default_rng(base.iteration_seed(self.seed, iteration, _FLIP_STREAM, index)).random() < 0.5:
+        if self.flip and np.random.default_rng(base.iteration_seed(self.seed, iteration, base.AUGMENT_STREAM, index)).random() < 0.5:
             image, masks = image[:, ::-1], masks[:, :, ::-1]
             boxes = np.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], axis=1)
         target = {
@@ -484,22 +482,6 @@ class _TrainImages(torch.utils.data.Dataset):
 def _usable(ann: dict) -> bool:
     """Annotations a training target can hold: not crowd, a box of positive width and height."""
     return not ann.get("iscrowd", 0) and ann["bbox"][2] > 0 and ann["bbox"][3] > 0
-
-
-class _IterationBatches(torch.utils.data.Sampler):
-    """For iterations start..stop-1: this process's share of base.batch_indices, as (iteration, index) keys."""
-
-    def __init__(self, num_items: int, batch_size: int, seed: int, start: int, stop: int, rank: int, world: int):
-        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
-        self.start, self.stop, self.rank, self.world = start, stop, rank, world
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        for it in range(self.start, self.stop):
-            indices = base.batch_indices(self.num_items, self.batch_size, it, self.seed)
-            yield [(it, i) for i in indices[self.rank :: self.world]]
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)
 
 
 def _collate(samples: list) -> tuple[int, list[torch.Tensor], list[dict]]:
@@ -609,8 +591,8 @@ class _Trainer:
     def _loader(self, start: int) -> torch.utils.data.DataLoader:
         cfg = self.cfg
         dataset = _TrainImages(self.split, cfg["DATALOADER.FILTER_EMPTY_ANNOTATIONS"], cfg["INPUT.RANDOM_FLIP"] == "horizontal", self.seed)
-        sampler = _IterationBatches(len(dataset), cfg["SOLVER.IMS_PER_BATCH"], self.seed, start, self.max_iter,
-                                    self.ctx.rank, self.ctx.world)
+        sampler = base.iteration_batches(len(dataset), cfg["SOLVER.IMS_PER_BATCH"], self.seed, start, self.max_iter,
+                                         self.ctx.rank, self.ctx.world)
         workers = cfg["DATALOADER.NUM_WORKERS"]
         return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=_collate,
                                            pin_memory=self.ctx.device.type == "cuda", persistent_workers=False,
@@ -648,7 +630,7 @@ class _Trainer:
         lr = learning_rate(self.cfg, it)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_factor"]
-        torch.manual_seed(base.iteration_seed(self.seed, it, _TORCH_STREAM, self.ctx.rank))
+        torch.manual_seed(base.iteration_seed(self.seed, it, base.TORCH_STREAM, self.ctx.rank))
         images = [img.to(device, non_blocking=True).float().div_(255) for img in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
         with torch.autocast(device.type, enabled=self.amp):
