@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from ..instances import Instances
+
+log = logging.getLogger("helpers.engines")
+_warned: set[str] = set()
 
 # An engine's batch function: RGB uint8 HxWx3 images -> one Instances per image.
 PredictFn = Callable[[Sequence[np.ndarray]], list[Instances]]
@@ -129,3 +133,23 @@ def iteration_batches(num_items: int, batch_size: int, seed: int, start: int, st
             return max(0, stop - start)
 
     return IterationBatches()
+
+
+def warn_once(message: str) -> None:
+    """Log a warning the first time ``message`` comes up in this process."""
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
+def trainable_norm_for_random_init(cfg):
+    """Random init (MODEL.WEIGHTS "") with a FrozenBN backbone diverges: use BN and train every stage.
+
+    Changes ``cfg`` in place (the engines call it on their copy) and says so once.
+    """
+    if cfg["MODEL.WEIGHTS"] == "" and cfg["MODEL.RESNETS.NORM"] == "FrozenBN":
+        cfg["MODEL.RESNETS.NORM"] = "BN"
+        cfg["MODEL.BACKBONE.FREEZE_AT"] = 0
+        warn_once("MODEL.WEIGHTS is '' (random init): using MODEL.RESNETS.NORM BN and MODEL.BACKBONE.FREEZE_AT 0, "
+                  "since a FrozenBN backbone with random weights diverges")
+    return cfg

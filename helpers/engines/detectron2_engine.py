@@ -38,7 +38,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
-import logging
 import random
 import weakref
 from pathlib import Path
@@ -54,7 +53,6 @@ from ..instances import Instances
 from ..io import write_text
 from . import base
 
-log = logging.getLogger(__name__)
 
 D2_CONFIG = "detectron2_config.yaml"  # detectron2's full config dump, beside our config.yaml
 OUR_KEYS = ("DATASETS.ROOT", "DATASETS.VAL_FRACTION", "DATASETS.SPLIT_SEED")  # not detectron2's
@@ -75,7 +73,6 @@ BASE_RCNN_FPN = {
     "MODEL.ROI_MASK_HEAD.NAME": "MaskRCNNConvUpsampleHead",
 }
 
-_warned: set[str] = set()
 
 
 # ------------------------------------------------------------------------------- engine API
@@ -97,13 +94,7 @@ def prepare_config(cfg: Config) -> Config:
     """The effective config (a copy): random init gets a trainable backbone, R18/R34 the stage
     width detectron2 requires; weights and input format are checked."""
     cfg = cfg.copy()
-    if cfg["MODEL.WEIGHTS"] == "" and cfg["MODEL.RESNETS.NORM"] == "FrozenBN":
-        cfg["MODEL.RESNETS.NORM"] = "BN"
-        cfg["MODEL.BACKBONE.FREEZE_AT"] = 0
-        _warn_once(
-            "MODEL.WEIGHTS is '' (random init): using MODEL.RESNETS.NORM BN and MODEL.BACKBONE.FREEZE_AT 0, "
-            "since a FrozenBN backbone with random weights diverges"
-        )
+    base.trainable_norm_for_random_init(cfg)
     if cfg["MODEL.RESNETS.DEPTH"] in (18, 34) and cfg["MODEL.RESNETS.RES2_OUT_CHANNELS"] != 64:
         cfg["MODEL.RESNETS.RES2_OUT_CHANNELS"] = 64  # detectron2 asserts it for basic-block ResNets
     if cfg["INPUT.FORMAT"] not in ("BGR", "RGB"):
@@ -213,7 +204,7 @@ def detectron2_config(cfg: Config, splits: data.SplitPaths | None = None, run_di
     node.SEED = base.effective_seed(cfg)
     if node.SOLVER.AMP.ENABLED and not node.MODEL.DEVICE.startswith("cuda"):
         node.SOLVER.AMP.ENABLED = False
-        _warn_once("SOLVER.AMP.ENABLED needs CUDA: training in full precision on the CPU")
+        base.warn_once("SOLVER.AMP.ENABLED needs CUDA: training in full precision on the CPU")
     if splits is not None:
         node.DATASETS.TRAIN = (register_split(splits.train),)
         node.DATASETS.TEST = (register_split(splits.val),)
@@ -229,7 +220,7 @@ def _merge_model_zoo_base(node) -> None:
 
         node.merge_from_file(model_zoo.get_config_file(MODEL_ZOO_BASE))
     except (ImportError, RuntimeError) as e:
-        _warn_once(f"detectron2.model_zoo is unusable here ({e}): setting Base-RCNN-FPN's structural keys directly")
+        base.warn_once(f"detectron2.model_zoo is unusable here ({e}): setting Base-RCNN-FPN's structural keys directly")
         node.merge_from_list([x for item in BASE_RCNN_FPN.items() for x in item])
 
 
@@ -573,9 +564,3 @@ def _architecture_stages(node) -> list[tuple[str, Any, bool]]:
                           ("output.masks", out[0]["instances"].pred_masks)], False),
     ]
     return stages
-
-
-def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        log.warning(message)

@@ -61,7 +61,6 @@ DOWNLOAD_TIMEOUT_S = 60  # a stalled ImageNet download fails instead of hanging
 MASK_THRESHOLD = 0.5
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, FrozenBatchNorm2d)
 
-_warned: set[str] = set()
 
 
 # ------------------------------------------------------------------------------- engine API
@@ -76,13 +75,7 @@ def available() -> tuple[bool, str]:
 def prepare_config(cfg: Config) -> Config:
     """The effective config: random init gets a trainable backbone; anchors checked. A copy."""
     cfg = cfg.copy()
-    if cfg["MODEL.WEIGHTS"] == "" and cfg["MODEL.RESNETS.NORM"] == "FrozenBN":
-        cfg["MODEL.RESNETS.NORM"] = "BN"
-        cfg["MODEL.BACKBONE.FREEZE_AT"] = 0
-        _warn_once(
-            "MODEL.WEIGHTS is '' (random init): using MODEL.RESNETS.NORM BN and MODEL.BACKBONE.FREEZE_AT 0, "
-            "since a FrozenBN backbone with random weights diverges"
-        )
+    base.trainable_norm_for_random_init(cfg)
     _anchor_levels(cfg)
     for key in ("SOLVER.CHECKPOINT_PERIOD", "SOLVER.IMS_PER_BATCH", "SOLVER.MAX_ITER"):
         if cfg[key] < 1:
@@ -742,9 +735,3 @@ _ARCHITECTURE_STAGES: list[tuple[str, str, Callable]] = [
     ("roi_heads.mask_predictor", "roi_heads.mask_predictor", _single),
     ("", "output", lambda stage, out: [("output.boxes", out[0]["boxes"]), ("output.masks", out[0]["masks"])]),
 ]
-
-
-def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        log.warning(message)
