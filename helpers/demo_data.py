@@ -1,10 +1,10 @@
 """The embedded default data set: synthetic shapes in exactly the Tiny VOC layout.
 
 Each image has a textured background (gradient, noise, a few lines) and 1-5 filled shapes of
-random colour, size and rotation, painted in order, so later shapes occlude earlier ones. An
+random size, rotation and colour (from a band of hues per class), painted in order, so later shapes occlude earlier ones. An
 annotation is the VISIBLE part of its shape (several polygons when a shape is cut in two).
 Shapes are painted with the same rasteriser that decodes the annotations (pycocotools), so
-pixels and masks agree; the colour never reveals the class.
+pixels and masks agree. Besides its shape, the hue band is a cue to the class (see CLASS_HUE_SPREAD).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ DEMO_CLASSES = ["circle", "square", "triangle", "star", "cross"]
 DEFAULT_NUM_TRAIN = 200
 DEFAULT_NUM_TEST = 20
 GENERATOR = "helpers.demo_data"
-GENERATOR_VERSION = 1  # bump when the images or annotations a seed gives change
+GENERATOR_VERSION = 2  # bump when the images or annotations a seed gives change
 
 WIDTHS = (144, 208)
 HEIGHTS = (128, 176)
@@ -41,6 +41,10 @@ MIN_VISIBLE_FRACTION = 0.25  # of the whole shape
 MIN_VISIBLE_AREA = 60.0  # pixels
 MIN_PART_AREA = 12.0  # pixels, for each piece of a visible part
 PLACEMENT_TRIES = 30
+# Each class paints in its own band of hues (saturation and brightness vary): a cue that lets a
+# random-init model on two CPU cores learn the set in minutes (val segm AP50 about 0.17 after 220
+# iterations with hues uncorrelated to the class, about 0.64 with these bands).
+CLASS_HUE_SPREAD = 0.04
 MIN_COLOUR_DISTANCE = 90.0  # RGB distance between an instance and the others / the background
 JPEG_QUALITY = 92
 
@@ -78,9 +82,10 @@ class _Shape:
     colour: tuple[int, int, int]
 
 
-def _random_colour(rng: np.random.Generator, saturation: tuple[float, float], value: tuple[float, float]):
-    """An RGB colour from random hue and the given saturation / value ranges."""
-    h, s, v = rng.uniform(0, 1), rng.uniform(*saturation), rng.uniform(*value)
+def _random_colour(rng: np.random.Generator, saturation: tuple[float, float], value: tuple[float, float],
+                   hue: tuple[float, float] = (0.0, 1.0)):
+    """An RGB colour from a random hue in ``hue`` and the given saturation / value ranges."""
+    h, s, v = rng.uniform(*hue) % 1.0, rng.uniform(*saturation), rng.uniform(*value)
     k = (np.array([5.0, 3.0, 1.0]) + h * 6) % 6
     rgb = v - v * s * np.clip(np.minimum(k, 4 - k), 0, 1)
     return tuple(int(round(c * 255)) for c in rgb)
@@ -98,11 +103,12 @@ def _random_shape(rng: np.random.Generator, w: int, h: int, avoid: list) -> _Sha
     outline = affinity.rotate(unit, rng.uniform(0, 360), origin=(0, 0))
     cx, cy = rng.uniform(0.08 * w, 0.92 * w), rng.uniform(0.08 * h, 0.92 * h)
     outline = affinity.affine_transform(outline, [radius, 0, 0, radius, cx, cy])
-    colour = _random_colour(rng, (0.45, 1.0), (0.4, 1.0))
+    hue = (label / len(DEMO_CLASSES) - CLASS_HUE_SPREAD, label / len(DEMO_CLASSES) + CLASS_HUE_SPREAD)
+    colour = _random_colour(rng, (0.45, 1.0), (0.4, 1.0), hue)
     for _ in range(PLACEMENT_TRIES):
         if all(_colour_distance(colour, other) >= MIN_COLOUR_DISTANCE for other in avoid):
             break
-        colour = _random_colour(rng, (0.45, 1.0), (0.4, 1.0))
+        colour = _random_colour(rng, (0.45, 1.0), (0.4, 1.0), hue)
     return _Shape(label, outline, colour)
 
 
