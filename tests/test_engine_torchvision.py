@@ -20,6 +20,7 @@ from helpers import data, experiment, runs
 from helpers.config import load_config
 from helpers.engines import torchvision_engine as tve
 from helpers.errors import EngineError
+from engine_checks import assert_instances_fit_images
 from tiny_schedule import MAX_ITER, tiny_overrides
 
 pytestmark = pytest.mark.slow
@@ -193,16 +194,8 @@ def test_predictor_returns_instances_with_dataset_ids(reference_run, demo_root):
     predictor = experiment.load_predictor(reference_run, score_thresh=0.0)
     split = data.load_split(demo_root / data.TEST_JSON, check_images=False)
     images = [data.read_image(split.image_path(img)) for img in split.images[:2]]
-    outputs = predictor(images)
-    assert len(outputs) == 2 and predictor.device == "cpu"
-    valid_ids = {c["id"] for c in split.categories}
-    for image, inst in zip(images, outputs):
-        h, w = image.shape[:2]
-        assert inst.image_size == (h, w) and len(inst) > 0
-        assert inst.masks.shape == (len(inst), h, w) and inst.masks.dtype == bool
-        assert inst.boxes.shape == (len(inst), 4) and inst.boxes.dtype == np.float32
-        assert inst.scores.dtype == np.float32 and np.all(np.diff(inst.scores) <= 0)
-        assert set(inst.category_ids.tolist()) <= valid_ids
+    assert predictor.device == "cpu"
+    assert_instances_fit_images(images, predictor(images), {c["id"] for c in split.categories})
 
 
 def test_labels_map_back_to_category_ids():
