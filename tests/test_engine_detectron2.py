@@ -21,7 +21,7 @@ from helpers.config import load_config
 from helpers.engines import detectron2_engine as d2e
 from helpers.engines import get_engine
 from helpers.errors import ConfigError, EngineError
-from engine_checks import assert_instances_fit_images
+from engine_checks import assert_instances_fit_images, assert_same_run, final_state
 from tiny_schedule import MAX_ITER, tiny_overrides
 
 
@@ -48,10 +48,6 @@ def train_command(project_root: Path, demo_root: Path, run_dir: Path, *flags: st
     return [sys.executable, "-m", "helpers", "train", "--engine", "detectron2",
             "--config", str(project_root / "configs" / "demo.yaml"), "--data", str(demo_root),
             "--run-dir", str(run_dir), *flags, *tiny_overrides()]
-
-
-def final_state(run_dir: Path) -> dict:
-    return torch.load(run_dir / runs.FINAL, map_location="cpu", weights_only=True)["model"]
 
 
 @pytest.fixture(scope="module")
@@ -200,14 +196,7 @@ def test_killed_after_a_checkpoint_resumes_bit_identically(project_root, demo_ro
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"Starting training from iteration {resumed_at}" in done.stdout + done.stderr
 
-    ours, ref = final_state(run_dir), final_state(reference_run)
-    assert ours.keys() == ref.keys()
-    different = [k for k in ref if not torch.equal(ours[k], ref[k])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
-    rows, ref_rows = runs.read_metrics(run_dir), runs.read_metrics(reference_run)
-    assert [r["iteration"] for r in rows] == list(range(MAX_ITER))
-    assert [r["total_loss"] for r in rows] == [r["total_loss"] for r in ref_rows]
-    assert [r.get("segm/AP") for r in rows] == [r.get("segm/AP") for r in ref_rows]
+    assert_same_run(run_dir, reference_run)
 
 
 @needs_detectron2

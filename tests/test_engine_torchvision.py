@@ -20,7 +20,7 @@ from helpers import data, experiment, runs
 from helpers.config import load_config
 from helpers.engines import torchvision_engine as tve
 from helpers.errors import EngineError
-from engine_checks import assert_instances_fit_images
+from engine_checks import assert_instances_fit_images, assert_same_run
 from tiny_schedule import MAX_ITER, tiny_overrides
 
 pytestmark = pytest.mark.slow
@@ -43,22 +43,6 @@ def reference_run(project_root, demo_root, tmp_path_factory) -> Path:
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return run_dir
-
-
-def final_state(run_dir: Path) -> dict:
-    return torch.load(run_dir / runs.FINAL, map_location="cpu", weights_only=True)["model"]
-
-
-def assert_same_run(run_dir: Path, reference: Path) -> None:
-    """Bit-identical final weights, and every iteration logged once with the same losses."""
-    ours, ref = final_state(run_dir), final_state(reference)
-    assert ours.keys() == ref.keys()
-    different = [k for k in ref if not torch.equal(ours[k], ref[k])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
-    rows, ref_rows = runs.read_metrics(run_dir), runs.read_metrics(reference)
-    assert [r["iteration"] for r in rows] == list(range(MAX_ITER))
-    assert [r["total_loss"] for r in rows] == [r["total_loss"] for r in ref_rows]
-    assert [r.get("segm/AP") for r in rows] == [r.get("segm/AP") for r in ref_rows]
 
 
 # ------------------------------------------------------------------------------- training
