@@ -70,8 +70,24 @@ DEFAULTS: dict[str, Any] = {
             "SCORE_THRESH_TEST": 0.05,
             "NMS_THRESH_TEST": 0.5,
         },
-        "ROI_BOX_HEAD": {"NUM_FC": 2, "FC_DIM": 1024, "POOLER_RESOLUTION": 7, "POOLER_TYPE": "ROIAlignV2"},
-        "ROI_MASK_HEAD": {"NUM_CONV": 4, "CONV_DIM": 256, "POOLER_RESOLUTION": 14, "POOLER_TYPE": "ROIAlignV2"},
+        "ROI_BOX_HEAD": {
+            "NUM_CONV": 0,
+            "CONV_DIM": 256,
+            "NUM_FC": 2,
+            "FC_DIM": 1024,
+            "NORM": "",
+            "CLS_AGNOSTIC_BBOX_REG": False,
+            "POOLER_RESOLUTION": 7,
+            "POOLER_TYPE": "ROIAlignV2",
+        },
+        "ROI_MASK_HEAD": {
+            "NUM_CONV": 4,
+            "CONV_DIM": 256,
+            "NORM": "",
+            "CLS_AGNOSTIC_MASK": False,
+            "POOLER_RESOLUTION": 14,
+            "POOLER_TYPE": "ROIAlignV2",
+        },
     },
     "INPUT": {
         "MIN_SIZE_TRAIN": [640, 672, 704, 736, 768, 800],
@@ -133,8 +149,6 @@ ENGINE_UNSUPPORTED: dict[str, dict[str, str]] = {
         "MODEL.RESNETS.RES2_OUT_CHANNELS": "fixed by the torchvision ResNet of the chosen depth",
         "MODEL.RESNETS.STEM_OUT_CHANNELS": "fixed by the torchvision ResNet of the chosen depth",
         "MODEL.RESNETS.STRIDE_IN_1X1": "torchvision ResNets put the stride in the 3x3 conv",
-        "MODEL.FPN.NORM": "torchvision's FPN has no norm option here",
-        "MODEL.ROI_BOX_HEAD.NUM_FC": "torchvision's box head has two FC layers",
         "MODEL.ROI_BOX_HEAD.POOLER_TYPE": "torchvision uses MultiScaleRoIAlign (aligned=False)",
         "MODEL.ROI_MASK_HEAD.POOLER_TYPE": "torchvision uses MultiScaleRoIAlign (aligned=False)",
         "DATALOADER.ASPECT_RATIO_GROUPING": "torchvision's loader batches images in sampler order",
@@ -151,6 +165,9 @@ ENGINE_CHOICES: dict[str, dict[str, tuple]] = {
     "torchvision": {
         "MODEL.RESNETS.DEPTH": (18, 34, 50, 101, 152),
         "MODEL.RESNETS.NORM": ("FrozenBN", "BN", "GN", "SyncBN"),
+        "MODEL.FPN.NORM": ("", "GN", "BN"),
+        "MODEL.ROI_BOX_HEAD.NORM": ("", "GN", "BN"),
+        "MODEL.ROI_MASK_HEAD.NORM": ("", "GN", "BN"),
         "INPUT.RANDOM_FLIP": ("horizontal", "none"),
         "SOLVER.WARMUP_METHOD": ("linear", "constant"),
         "MODEL.MASK_ON": (True,),
@@ -395,7 +412,7 @@ def engine_key_table() -> list[tuple[str, Any, str, str]]:
             if why:
                 cells.append(f"no ({why})")
             elif choices:
-                cells.append("yes: " + ", ".join(map(str, choices)))
+                cells.append("yes: " + ", ".join(str(c) if c != "" else "'' (none)" for c in choices))
             else:
                 cells.append("yes")
         rows.append((key, default, cells[0], cells[1]))

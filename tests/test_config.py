@@ -184,6 +184,10 @@ def test_torchvision_rejects_values_it_cannot_build(homework):
     cfg = homework.copy().merge(["MODEL.RESNETS.DEPTH", "42"])
     with pytest.raises(ConfigError, match=r"MODEL\.RESNETS\.DEPTH = 42"):
         cfg.check_engine("torchvision")
+    norm = homework.copy().merge(["MODEL.ROI_MASK_HEAD.NORM", "LN"])  # detectron2 has LN; torchvision's heads do not here
+    with pytest.raises(ConfigError, match=r"MODEL\.ROI_MASK_HEAD\.NORM = 'LN'.*choose from '', 'GN', 'BN'"):
+        norm.check_engine("torchvision")
+    norm.check_engine("detectron2")
 
 
 def test_resolved_config_saved_in_the_run_folder_reloads_identically(homework, tmp_path):

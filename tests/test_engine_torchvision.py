@@ -19,7 +19,7 @@ import torch
 from helpers import data, experiment, runs
 from helpers.config import load_config
 from helpers.engines import torchvision_engine as tve
-from helpers.errors import EngineError
+from helpers.errors import ConfigError, EngineError
 from engine_checks import assert_instances_fit_images, assert_same_run
 from tiny_schedule import MAX_ITER, tiny_overrides
 
@@ -92,6 +92,77 @@ def test_param_groups_follow_detectron2(project_root):
     assert any(p is conv_weight for p in groups[(1.0, 1e-4)])
     assert any(p is bias for p in groups[(2.0, 0.01)])  # WEIGHT_DECAY_BIAS 0.01 from homework.yaml
     assert sum(len(ps) for ps in groups.values()) == sum(p.requires_grad for p in model.parameters())
+
+
+def _layer_counts(module: torch.nn.Module) -> dict[str, int]:
+    kinds = {"conv": torch.nn.Conv2d, "linear": torch.nn.Linear, "gn": torch.nn.GroupNorm, "bn": torch.nn.BatchNorm2d}
+    return {name: sum(isinstance(m, kind) for m in module.modules()) for name, kind in kinds.items()}
+
+
+def test_heads_and_fpn_follow_detectron2_head_keys(project_root):
+    cfg = tve.prepare_config(load_config(project_root / "configs" / "demo.yaml", [
+        "MODEL.FPN.OUT_CHANNELS", "64", "MODEL.FPN.NORM", "GN",
+        "MODEL.ROI_BOX_HEAD.NUM_CONV", "3", "MODEL.ROI_BOX_HEAD.CONV_DIM", "32", "MODEL.ROI_BOX_HEAD.NORM", "GN",
+        "MODEL.ROI_BOX_HEAD.NUM_FC", "1", "MODEL.ROI_BOX_HEAD.FC_DIM", "48",
+        "MODEL.ROI_MASK_HEAD.NUM_CONV", "2", "MODEL.ROI_MASK_HEAD.CONV_DIM", "32", "MODEL.ROI_MASK_HEAD.NORM", "BN"]))
+    model = tve.build_model(cfg, 5, load_weights=False)
+    heads = model.roi_heads
+    assert _layer_counts(heads.box_head) == {"conv": 3, "linear": 1, "gn": 3, "bn": 0}
+    assert heads.box_predictor.cls_score.in_features == 48
+    assert _layer_counts(heads.mask_head) == {"conv": 2, "linear": 0, "gn": 0, "bn": 2}
+    fpn = _layer_counts(model.backbone.fpn)
+    assert fpn["conv"] == 8 and fpn["gn"] == 8  # a lateral and an output conv per level, each normalised
+    assert all(m.num_groups == 32 for m in model.modules() if isinstance(m, torch.nn.GroupNorm))
+    image = torch.rand(3, 96, 128)
+    model.eval()
+    with torch.inference_mode():
+        out = model([image])[0]
+    assert set(out) == {"boxes", "labels", "scores", "masks"}
+
+
+def test_default_heads_are_detectron2s(project_root):
+    cfg = tve.prepare_config(load_config(project_root / "configs" / "homework.yaml", ["MODEL.WEIGHTS", ""]))
+    model = tve.build_model(cfg, 20, load_weights=False)
+    assert _layer_counts(model.roi_heads.box_head) == {"conv": 0, "linear": 2, "gn": 0, "bn": 0}
+    assert model.roi_heads.box_predictor.cls_score.in_features == 1024
+    assert _layer_counts(model.roi_heads.mask_head) == {"conv": 4, "linear": 0, "gn": 0, "bn": 0}
+    assert _layer_counts(model.backbone.fpn)["gn"] == 0
+
+
+def test_box_head_without_fc_layers_feeds_the_predictor_its_flat_conv_output(project_root):
+    cfg = tve.prepare_config(load_config(project_root / "configs" / "demo.yaml", [
+        "MODEL.ROI_BOX_HEAD.NUM_CONV", "1", "MODEL.ROI_BOX_HEAD.CONV_DIM", "32", "MODEL.ROI_BOX_HEAD.NUM_FC", "0"]))
+    model = tve.build_model(cfg, 5, load_weights=False)
+    assert model.roi_heads.box_predictor.cls_score.in_features == 32 * 7 * 7
+
+
+def test_class_agnostic_box_and_mask_are_shared_by_every_class(project_root, demo_root):
+    cfg = tve.prepare_config(load_config(project_root / "configs" / "demo.yaml", [
+        "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "True", "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK", "True"]))
+    model = tve.build_model(cfg, 5, load_weights=False)
+    box, mask = model.roi_heads.box_predictor, model.roi_heads.mask_predictor
+    assert box.bbox_pred.out_features == 4 and mask.mask_fcn_logits.out_channels == 1
+    scores, deltas = box(torch.randn(3, box.cls_score.in_features))
+    assert scores.shape == (3, 6) and deltas.shape == (3, 24)
+    assert torch.equal(deltas[:, :4], deltas[:, 8:12])
+    logits = mask(torch.randn(2, mask.conv5_mask.in_channels, 14, 14))
+    assert logits.shape == (2, 6, 28, 28) and torch.equal(logits[:, 1], logits[:, 5])
+    # one training step's losses reach the shared layers
+    split = data.load_split(demo_root / data.TRAIN_JSON, check_images=False)
+    sample = tve._TrainImages(split, True, False, 0)[(0, 0)]
+    losses = model([sample[1].float() / 255], [sample[2]])
+    sum(losses.values()).backward()
+    assert box.bbox_pred.weight.grad.abs().sum() > 0 and mask.mask_fcn_logits.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["MODEL.ROI_BOX_HEAD.NUM_CONV", "0", "MODEL.ROI_BOX_HEAD.NUM_FC", "0"], "at least one layer"),
+    (["MODEL.FPN.NORM", "GN", "MODEL.FPN.OUT_CHANNELS", "48"], "divisible by 32"),
+])
+def test_impossible_heads_are_config_errors(project_root, overrides, message):
+    cfg = tve.prepare_config(load_config(project_root / "configs" / "demo.yaml", overrides))
+    with pytest.raises(ConfigError, match=message):
+        tve.build_model(cfg, 5, load_weights=False)
 
 
 def _kill_when(command: list[str], cwd: Path, ready, timeout: float = 120) -> None:
