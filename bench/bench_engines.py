@@ -47,8 +47,8 @@ def measure_train(engine: str, config: str, data: str, run_dir: Path, iters: int
     schedule = ["SOLVER.MAX_ITER", str(iters), "TEST.EVAL_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD", str(iters)]
     experiment.train(config, [*overrides, *schedule], engine=engine, data_root=data, run_dir=run_dir, progress=False)
     cfg, _ = experiment.load_run(run_dir)
-    # detectron2 also logs rows without timings (its final evaluation): only iteration rows count
-    times = [row["time"] for row in runs.read_metrics(run_dir) if "time" in row][WARMUP_ITERS:]
+    # the same iterations for every engine; detectron2 leaves "time" out of its first rows
+    times = [row["time"] for row in runs.read_metrics(run_dir) if "time" in row and row["iteration"] >= WARMUP_ITERS]
     return {"train_s_per_iter": statistics.median(times), "train_peak_mb": peak_memory_mb(cfg["MODEL.DEVICE"])}
 
 
