@@ -1,12 +1,37 @@
-"""Checks both engines' tests share: predictor output, and two runs ending bit-identical."""
+"""Checks both engines' tests share: the run folder, predictor output, and two runs ending bit-identical."""
 
 from pathlib import Path
+
+import json
 
 import numpy as np
 import torch
 
 from helpers import runs
 from tiny_schedule import MAX_ITER
+
+
+def assert_run_folder_layout(run_dir: Path, extra_files: set, loss_keys: set) -> list[dict]:
+    """detectron2's OUTPUT_DIR layout after the tiny schedule: files, a metrics row per iteration with
+    ``loss_keys``, val metrics at iterations 2 and 5, the best checkpoint, a finished run.json.
+    Returns the metrics rows."""
+    names = {p.name for p in run_dir.iterdir()}
+    assert {runs.CONFIG, runs.RUN_INFO, runs.METRICS, runs.LAST, runs.FINAL, runs.BEST, runs.BEST_INFO,
+            "model_0000002.pth", "model_0000005.pth", *extra_files} <= names
+    assert any(n.startswith("events.out.tfevents") for n in names)
+    assert not [n for n in names if n.endswith(".tmp")]
+    assert (run_dir / runs.LAST).read_text() == runs.FINAL
+    rows = runs.read_metrics(run_dir)
+    assert [r["iteration"] for r in rows] == list(range(MAX_ITER))
+    for row in rows:
+        assert loss_keys <= row.keys()
+    assert [r["iteration"] for r in runs.eval_rows(rows)] == [2, 5]
+    assert {"segm/AP", "segm/AP50", "bbox/AP", "bbox/AP50"} <= rows[2].keys()
+    best = json.loads((run_dir / runs.BEST_INFO).read_text())
+    assert best["iteration"] in (2, 5) and best["metric"] == "segm/AP"
+    info = runs.read_run_info(run_dir)
+    assert info["status"] == "finished" and "segm/AP" in info["final_metrics"]
+    return rows
 
 
 def assert_instances_fit_images(images: list, outputs: list, valid_ids: set) -> None:
