@@ -470,18 +470,18 @@ class _Evaluate:
 
 
 class _ProgressBar:
-    """A tqdm bar over the iterations, with the latest total loss."""
+    """helpers.progress over the iterations: the bar, and text lines with the latest losses and lr."""
 
     def before_train(self):
-        from tqdm.auto import tqdm
+        from ..progress import Progress
 
-        self.bar = tqdm(total=self.trainer.max_iter, initial=self.trainer.start_iter, desc="train", unit="it")
+        self.bar = Progress(self.trainer.max_iter, "train", initial=self.trainer.start_iter)
 
     def after_step(self):
-        loss = self.trainer.storage.latest().get("total_loss")
-        if loss is not None:
-            self.bar.set_postfix(loss=f"{loss[0]:.3f}", refresh=False)
-        self.bar.update()
+        latest = {k: v[0] for k, v in self.trainer.storage.latest().items()}
+        self.bar.update(**{k: float(v) for k, v in latest.items() if k.startswith("loss") or k in ("total_loss", "lr")})
+        if "segm/AP50" in latest and self.trainer.storage.latest()["segm/AP50"][1] == self.trainer.iter:
+            self.bar.note(base.eval_line(self.trainer.iter, latest))
 
     def after_train(self):
         self.bar.close()

@@ -654,12 +654,12 @@ class _Trainer:
                                            prefetch_factor=2 if workers else None)
 
     def _loop(self, start: int, progress: bool) -> None:
-        from tqdm.auto import tqdm
+        from ..progress import Progress
 
         main = self.ctx.is_main
         metrics = runs.MetricsLog(self.run_dir, start) if main else None
         writer = _summary_writer(self.run_dir, start) if main else None
-        bar = tqdm(total=self.max_iter, initial=start, desc="train", unit="it", disable=not (progress and main))
+        bar = Progress(self.max_iter, "train", initial=start, enabled=progress and main)
         self.model.train()
         try:
             batches = iter(self._loader(start))
@@ -670,9 +670,10 @@ class _Trainer:
                 data_time = time.perf_counter() - tic
                 row = {"iteration": it, **self._step(it, images, targets)}
                 row.update(time=time.perf_counter() - tic, data_time=data_time)
-                bar.set_postfix(loss=f"{row['total_loss']:.3f}", lr=f"{row['lr']:.2g}", refresh=False)
-                bar.update()
                 self._after_step(it, row, metrics, writer)
+                bar.update(**{k: v for k, v in row.items() if k.startswith("loss") or k in ("total_loss", "lr")})
+                if any(k.startswith("segm/") for k in row):
+                    bar.note(base.eval_line(it, row))
         finally:
             bar.close()
             if main:
