@@ -121,7 +121,11 @@ def run_notebooks(
                 parameters=notebook_parameters(nb, settings, explicit),
                 cwd=str(NOTEBOOKS),
                 kernel_name="python3",
-                log_output=log_output,
+                # --log-output: the cells' printed text (the progress lines) straight to this process's
+                # stdout/stderr, as it comes; papermill's own log_output goes through `logging`, which
+                # nothing configures here, so it showed nothing
+                stdout_file=sys.stdout if log_output else None,
+                stderr_file=sys.stderr if log_output else None,
                 progress_bar=not log_output,
             )
         except pm.PapermillExecutionError as e:
