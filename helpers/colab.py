@@ -85,8 +85,10 @@ def one_line_errors() -> None:
     if shell is None or not hasattr(shell, "set_custom_exc"):
         return
 
-    def handler(_shell, etype, value, _tb, tb_offset=None):
-        return [f"error: {value}"]
+    def handler(shell, etype, value, _tb, tb_offset=None):
+        stb = [f"error: {value}"]
+        shell._showtraceback(etype, value, stb)  # the cell's error output: a kernel sends it as ename/evalue
+        return stb
 
     shell.set_custom_exc(tuple(_subclasses(HelpersError)), handler)
 

@@ -181,6 +181,9 @@ def images_to_predict(images: str | Path, image_dir: str | Path | None = None) -
             image_dir = images
     elif images.is_file():
         json_path = images
+    elif images.name == data.TEST_JSON:
+        raise DataError(f"no {data.TEST_JSON} in {images.parent}: a data root needs the grader's test.json "
+                        "(its images and categories) to predict for the leaderboard")
     else:
         raise DataError(f"{images}: no such file or folder (a test.json, or the folder that holds it)")
     if image_dir is None and json_path.name == data.TEST_JSON:

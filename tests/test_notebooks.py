@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -100,3 +101,25 @@ def test_all_notebooks_run_headless_in_order_and_the_report_builds(demo_root, tm
                 "fig6_ablation_chart", "fig7_ablation_curves", "fig8_training_curves", "fig9_comparison"]:
         assert _is_png(report / "figures" / f"{png}.png"), png
         assert f"figures/{png}.png" in (report / "report.md").read_text()
+
+
+def test_a_notebook_opened_alone_names_the_one_to_run_first(tmp_path, monkeypatch):
+    """04 on a fresh course (no trained model): its first call stops with one error line naming 02,
+    not a traceback; 02 opened alone makes the demo data and the split itself (tests/test_course.py)."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    from helpers import course
+
+    settings = course.write_course_file(tmp_path / "course.yaml", "demo", data_root=str(tmp_path / "demo"),
+                                        run_root=str(tmp_path / "run"))
+    nb = nbformat.read(NOTEBOOKS / "04_inference.ipynb", as_version=4)
+    env = {**os.environ, course.ENV_FILE: str(settings)}
+    with pytest.raises(CellExecutionError):
+        NotebookClient(nb, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(NOTEBOOKS)}}).execute(env=env)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert len(errors) == 1 and errors[0].ename == "HelpersError"
+    assert errors[0].traceback == [f"error: {tmp_path / 'run' / 'train'} does not exist yet: run 02_training first "
+                                   f"(same course settings, {settings})"]
