@@ -59,6 +59,20 @@ def metric_label(iou_type: str = "segm", iou: float = 0.5) -> str:
 # --------------------------------------------------------------------------- the TIDE breakdown
 
 
+def error_type(iou_same: float, iou_other: float, fg_iou: float = 0.5, bg_iou: float = 0.1) -> str:
+    """The TIDE type of one false positive from its best IoU with an object of its own class
+    (``iou_same``; that object already taken when >= ``fg_iou``) and of another class."""
+    if max(iou_same, iou_other) < bg_iou:
+        return BACKGROUND
+    if iou_other >= fg_iou:
+        return "classification"
+    if iou_same >= fg_iou:
+        return "duplicate"
+    if iou_same >= bg_iou:
+        return "localisation"
+    return "both"
+
+
 def error_breakdown(gt: Any, results: Any, iou_type: str = "segm", fg_iou: float = 0.5, bg_iou: float = 0.1,
                     top_images: int = 5) -> dict:
     """The TIDE breakdown of the mAP at ``fg_iou`` into the six error types (see the module doc).
@@ -156,16 +170,11 @@ class _State:
         other = [(iou, g) for iou, g in zip(ious, gt_ids) if self.gts[g]["cat"] != det["cat"]]
         best_same = max(same, default=(0.0, None))
         best_other = max(other, default=(0.0, None))
-        best_any = max(best_same[0], best_other[0])
-        if best_any < bg_iou:
-            return BACKGROUND, None, best_any
-        if best_other[0] >= fg_iou:
-            return "classification", best_other[1], best_other[0]
-        if best_same[0] >= fg_iou:
-            return "duplicate", best_same[1], best_same[0]
-        if best_same[0] >= bg_iou:
-            return "localisation", best_same[1], best_same[0]
-        return "both", best_other[1], best_other[0]
+        kind = error_type(best_same[0], best_other[0], fg_iou, bg_iou)
+        if kind == BACKGROUND:
+            return kind, None, max(best_same[0], best_other[0])
+        iou, target = best_other if kind in ("classification", "both") else best_same
+        return kind, target, iou
 
     # ----------------------------------------------------------------------- AP after fixes
 
