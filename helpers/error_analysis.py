@@ -29,6 +29,8 @@ matched in the base evaluation stays matched, so a fix aiming at it is suppresse
 every object the ``missed`` fix removed scores 1 when none of its detections is left a false
 positive, else 0. (``tidecv`` 1.0.1 runs on numpy 2, but it scores classes without ground truth
 as AP 0, so its base value is not pycocotools' AP50, and it needs OpenCV, pandas and seaborn.)
+
+The class-confusion matrix is :mod:`helpers.confusion`; the figures are :mod:`helpers.plots_errors`.
 """
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from pycocotools.coco import COCO
 
-from .evaluate import _coco, _iou_index, _load_detections, _load_ground_truth, _quiet, _run_cocoeval
+from .evaluate import _iou_index, _run_cocoeval
 from .io import write_json
-from .submission import source_name
+
 
 ERROR_TYPES = ("classification", "localisation", "both", "duplicate", "background", "missed")
 BACKGROUND = "background"
@@ -125,7 +127,6 @@ class _State:
     def __init__(self, ev, t: int, iou_type: str, fg_iou: float, bg_iou: float):
         self.ev, self.t, self.iou_type = ev, t, iou_type
         self.rec_thrs = ev.params.recThrs
-        self.img_index = {img_id: i for i, img_id in enumerate(ev.params.imgIds)}
         self.cat_ids = list(ev.params.catIds)
         self.dets: dict[int, dict] = {}  # dt id -> {cat, img, score, order, tp}
         self.gts: dict[int, dict] = {}   # gt id -> {cat, img, matched}
@@ -139,6 +140,7 @@ class _State:
             self.errors[dt_id] = self._classify(dt_id, fg_iou, bg_iou)
         targets = {target for kind, target, _ in self.errors.values() if kind in _FIX_MOVES}
         self.missed = [g for g, row in self.gts.items() if not row["matched"] and g not in targets]
+        self._index()
 
     def _collect(self, ev) -> None:
         """Counted detections and ground truth of every class, in COCOeval's order."""
@@ -178,41 +180,63 @@ class _State:
 
     # ----------------------------------------------------------------------- AP after fixes
 
+    def _index(self) -> None:
+        """What every AP recomputation reuses: errors in score order (all, and per image),
+        each class's counted detections in ranking order, its object count and base precision."""
+        self.error_order = sorted(self.errors, key=self._score_order)
+        self.errors_by_img: dict[int, list[int]] = {}
+        for dt_id in self.error_order:
+            self.errors_by_img.setdefault(self.dets[dt_id]["img"], []).append(dt_id)
+        self.base_cats = [c for c in self.cat_ids if any(row["cat"] == c for row in self.gts.values())]
+        self.npig = {c: 0 for c in self.cat_ids}
+        for row in self.gts.values():
+            self.npig[row["cat"]] += 1
+        self.rows_by_cat: dict[int, list[tuple[float, int, bool, int]]] = {c: [] for c in self.cat_ids}
+        for dt_id, row in self.dets.items():
+            self.rows_by_cat[row["cat"]].append((-row["score"], row["order"], row["tp"], dt_id))
+        for rows in self.rows_by_cat.values():
+            rows.sort()
+        self.base_q = {c: self._precision(self.rows_by_cat[c], self.npig[c]) for c in self.base_cats}
+
     def class_aps(self, fixes: set[str] = frozenset(), image: int | None = None) -> dict[int, np.ndarray]:
         """Per class with base ground truth, COCO's 101-point precision after the given fixes
-        (only those in ``image`` when given)."""
-        scope = (lambda img: True) if image is None else (lambda img: img == image)
-        dets = {d: dict(row) for d, row in self.dets.items()}
+        (only those in ``image`` when given); classes the fixes do not touch keep their base."""
+        changes: dict[int, int | None] = {}  # dt id -> the class it is a true positive of now, or None: removed
         used = set(self.matched)
-        for dt_id in sorted(self.errors, key=self._score_order):
+        for dt_id in self.error_order if image is None else self.errors_by_img.get(image, []):
             kind, target, _ = self.errors[dt_id]
-            if kind not in fixes or not scope(dets[dt_id]["img"]):
+            if kind not in fixes:
                 continue
             if kind in _FIX_MOVES and target not in used:
                 used.add(target)
-                dets[dt_id].update(tp=True, cat=self.gts[target]["cat"])
+                changes[dt_id] = self.gts[target]["cat"]
             else:
-                del dets[dt_id]
-        removed = {g for g in self.missed if "missed" in fixes and scope(self.gts[g]["img"])}
-        npig = {c: 0 for c in self.cat_ids}
-        for g, row in self.gts.items():
-            npig[row["cat"]] += g not in removed
-        base_cats = {row["cat"] for row in self.gts.values()}
-        by_cat: dict[int, list[dict]] = {c: [] for c in base_cats}
-        for row in dets.values():
-            by_cat.setdefault(row["cat"], []).append(row)
-        return {c: self._precision(by_cat[c], npig[c]) for c in self.cat_ids if c in base_cats}
+                changes[dt_id] = None
+        removed = {c: 0 for c in self.cat_ids}
+        if "missed" in fixes:
+            for g in self.missed:
+                if image is None or self.gts[g]["img"] == image:
+                    removed[self.gts[g]["cat"]] += 1
+        touched = {self.dets[d]["cat"] for d in changes} | {c for c in changes.values() if c is not None}
+        touched |= {c for c, n in removed.items() if n}
+        aps = dict(self.base_q)
+        for c in touched.intersection(aps):
+            rows = [r for r in self.rows_by_cat[c] if r[3] not in changes]
+            rows += [(-self.dets[d]["score"], self.dets[d]["order"], True, d) for d, cat in changes.items() if cat == c]
+            aps[c] = self._precision(sorted(rows), self.npig[c] - removed[c])
+        return aps
 
-    def _precision(self, rows: list[dict], npig: int) -> np.ndarray:
-        """COCOeval.accumulate's interpolated precision at its recall thresholds, for one class."""
-        rows = sorted(rows, key=lambda r: (-r["score"], r["order"]))
+    def _precision(self, rows: list[tuple[float, int, bool, int]], npig: int) -> np.ndarray:
+        """COCOeval.accumulate's interpolated precision at its recall thresholds, for one class;
+        ``rows`` are (-score, order, is_tp, dt id) in ranking order."""
         q = np.zeros(len(self.rec_thrs))
         if npig == 0:  # every object removed by the missed fix
-            return q + float(all(r["tp"] for r in rows))
+            return q + float(all(r[2] for r in rows))
         if not rows:
             return q
-        tp = np.cumsum([r["tp"] for r in rows], dtype=float)
-        fp = np.cumsum([not r["tp"] for r in rows], dtype=float)
+        hits = np.array([r[2] for r in rows], dtype=bool)
+        tp = np.cumsum(hits, dtype=float)
+        fp = np.cumsum(~hits, dtype=float)
         recall = tp / npig
         precision = np.maximum.accumulate((tp / (fp + tp + np.spacing(1)))[::-1])[::-1]
         idx = np.searchsorted(recall, self.rec_thrs, side="left")
@@ -286,79 +310,66 @@ def _ious(ev, dt_id: int, gt_ids: list[int], iou_type: str) -> list[float]:
     return [float(v) for v in np.asarray(mask_utils.iou([det], gts, [0] * len(gts))).ravel()]
 
 
-# --------------------------------------------------------------------------- confusion matrix
+# --------------------------------------------------------------------------- conclusions and the record
+
+_POINTS_AT = {  # what each error type usually points at (TIDE's reading of it)
+    "classification": "the classifier: objects found but named wrong (see the confusion matrix)",
+    "localisation": "the box and mask heads: the right object, fitted too loosely for the IoU threshold",
+    "both": "detections near an object of another class: often clutter or overlapping objects",
+    "duplicate": "test-time NMS: more than one detection per object survives (MODEL.ROI_HEADS.NMS_THRESH_TEST)",
+    "background": "false alarms on no object, ranked above true detections",
+    "missed": "recall: objects no detection covers at all (proposals, small or occluded objects, the score threshold)",
+}
 
 
-def confusion_matrix(gt: Any, results: Any, iou_type: str = "segm", iou: float = 0.5,
-                     score_thresh: float = 0.5) -> dict:
-    """Ground-truth class (rows) against predicted class (columns) for detections scoring at
-    least ``score_thresh``, with a ``background`` row (detections on no object: false positives)
-    and a ``background`` column (objects no detection found: missed).
-
-    Per image, detections in descending score first take an unmatched object of their own class
-    (highest IoU >= ``iou``, as COCOeval matches); those left then take any unmatched object at
-    IoU >= ``iou``, whatever its class: an off-diagonal cell is a classification confusion.
-    Crowd regions are left out. Returns ``{"labels": [class names..., "background"],
-    "category_ids": [...], "matrix": [[int]]}`` plus ``iou``, ``score_thresh``, ``iou_type``.
-    """
-    coco_gt, coco_dt = _load_pair(gt, results, iou_type)
-    cat_ids = sorted(coco_gt.cats)
-    col = {c: k for k, c in enumerate(cat_ids)}
-    bg = len(cat_ids)
-    matrix = np.zeros((bg + 1, bg + 1), dtype=int)
-    for img_id in sorted(coco_gt.imgs):
-        gts = [a for a in coco_gt.imgToAnns.get(img_id, []) if not a.get("iscrowd", 0)]
-        dets = sorted((d for d in coco_dt.imgToAnns.get(img_id, []) if d["score"] >= score_thresh),
-                      key=lambda d: -d["score"])
-        ious = _iou_matrix(coco_gt, coco_dt, dets, gts, iou_type)
-        taken_gt, taken_dt = set(), set()
-        for same_class_only in (True, False):
-            for i, d in enumerate(dets):
-                if i in taken_dt:
-                    continue
-                choices = [(ious[i, j], -j) for j, g in enumerate(gts)
-                           if j not in taken_gt and ious[i, j] >= iou
-                           and (g["category_id"] == d["category_id"] or not same_class_only)]
-                if choices:
-                    j = -max(choices)[1]
-                    taken_gt.add(j)
-                    taken_dt.add(i)
-                    matrix[col[gts[j]["category_id"]], col[d["category_id"]]] += 1
-        for i, d in enumerate(dets):
-            if i not in taken_dt:
-                matrix[bg, col[d["category_id"]]] += 1
-        for j, g in enumerate(gts):
-            if j not in taken_gt:
-                matrix[col[g["category_id"]], bg] += 1
-    labels = [str(coco_gt.cats[c].get("name", c)) for c in cat_ids] + [BACKGROUND]
-    return {"labels": labels, "category_ids": [int(c) for c in cat_ids], "matrix": matrix.tolist(),
-            "iou": iou, "score_thresh": score_thresh, "iou_type": iou_type}
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _load_pair(gt: Any, results: Any, iou_type: str) -> tuple[COCO, COCO]:
-    """Checked ground truth and results as pycocotools COCO objects (as COCOeval would load them)."""
-    dataset = _load_ground_truth(gt, iou_type)
-    detections = _load_detections(results, dataset, iou_type, source_name(gt, "the ground truth"))
-    with _quiet():
-        coco_gt = _coco(dataset)
-        coco_dt = coco_gt.loadRes(detections) if detections else _coco({**dataset, "annotations": []})
-    return coco_gt, coco_dt
+def conclusions(breakdown: dict, confusion: dict | None = None) -> list[str]:
+    """Sentences that follow from the numbers: the gap, the error types that cost most, those
+    absent, the most frequent confusion and the image that costs most (values unrounded: 4
+    significant digits never show a non-zero as 0)."""
+    base, errors = breakdown["base_map"], breakdown["errors"]
+    ranked = sorted(errors, key=lambda k: -errors[k]["dap"])
+    lines = [f"{breakdown['metric']} is {base:.4g}: {1 - base:.4g} below a perfect 1."]
+    costly = [k for k in ranked if errors[k]["dap"] > 0]
+    if costly:
+        first = costly[0]
+        lines.append(f"Fixing {first} errors alone would add the most: dAP {errors[first]['dap']:.4g} "
+                     f"({_plural(errors[first]['count'], 'error')}). It points at {_POINTS_AT[first]}.")
+        if len(costly) > 1:
+            rest = ", ".join(f"{k} {errors[k]['dap']:.4g}" for k in costly[1:3])
+            lines.append(f"Next: {rest}. The dAPs do not add up to the gap: each is measured with only its "
+                         "own type fixed.")
+        top = breakdown.get("top_images", {}).get(first) or []
+        if top:
+            lines.append(f"Image {top[0]['image_id']} ({top[0]['file_name']}) costs the most {first} dAP: "
+                         f"{top[0]['dap']:.4g} from {_plural(top[0]['count'], 'error')}.")
+    else:
+        lines.append("No error type costs any mAP.")
+    absent = [k for k in ERROR_TYPES if errors[k]["count"] == 0]
+    if absent:
+        lines.append(f"No {', '.join(absent)} errors.")
+    if confusion is not None:
+        matrix, labels = np.asarray(confusion["matrix"]), confusion["labels"]
+        n = len(labels) - 1
+        off = [(int(matrix[i, j]), labels[i], labels[j]) for i in range(n) for j in range(n) if i != j and matrix[i, j]]
+        if off:
+            count, truth, pred = max(off, key=lambda t: (t[0], -labels.index(t[1]), -labels.index(t[2])))
+            lines.append(f"The most frequent confusion: {truth} detected as {pred} ({_plural(count, 'time')}, scores ≥ "
+                         f"{confusion['score_thresh']:g}).")
+        else:
+            lines.append(f"No object was detected as another class at score ≥ {confusion['score_thresh']:g}.")
+    return lines
 
 
-def _iou_matrix(coco_gt: COCO, coco_dt: COCO, dets: list[dict], gts: list[dict], iou_type: str) -> np.ndarray:
-    if not dets or not gts:
-        return np.zeros((len(dets), len(gts)))
-    d = [_geometry(coco_dt, a, iou_type) for a in dets]
-    g = [_geometry(coco_gt, a, iou_type) for a in gts]
-    return np.asarray(mask_utils.iou(d, g, [0] * len(g))).reshape(len(dets), len(gts))
-
-
-# --------------------------------------------------------------------------- the record
 
 
 def write_error_analysis(path: str | os.PathLike, breakdown: dict, confusion: dict | None = None) -> Path:
     """Write ``error_analysis.json`` atomically: the metric's name, the base mAP, the six error
-    types (dAP, mAP if fixed, count), the top images per type and the confusion matrix.
+    types (dAP, mAP if fixed, count), the top images per type, the confusion matrix (from
+    :func:`helpers.confusion.confusion_matrix`) and the :func:`conclusions`.
 
     The per-detection rows stay out (they are recomputed from the results file in seconds)."""
     record = {
@@ -367,5 +378,6 @@ def write_error_analysis(path: str | os.PathLike, breakdown: dict, confusion: di
         "method": "TIDE (Bolya et al., ECCV 2020): dAP = mAP with that error type fixed by an oracle - base mAP",
         "errors": breakdown["errors"], "all_fixed_map": breakdown["all_fixed_map"],
         "top_images": breakdown["top_images"], "confusion": confusion,
+        "conclusions": conclusions(breakdown, confusion),
     }
     return write_json(path, record, indent=1)

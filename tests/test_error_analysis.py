@@ -14,7 +14,8 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from helpers.error_analysis import (ERROR_TYPES, confusion_matrix, error_breakdown, format_breakdown,
+from helpers.confusion import confusion_matrix
+from helpers.error_analysis import (ERROR_TYPES, conclusions, error_breakdown, format_breakdown,
                                     metric_label, write_error_analysis)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
@@ -266,3 +267,33 @@ def test_format_breakdown_keeps_small_values():
          "errors": {k: {"dap": 0.00025, "fixed_map": 0.50025, "count": 1} for k in ERROR_TYPES}}
     text = format_breakdown(b)
     assert "0.00025" in text and "0.50025" in text and "mask mAP@0.5 (segm AP50): 0.5" in text
+
+
+def test_no_detections_leave_only_missed_objects():
+    b = error_breakdown(FIXTURES / "gt.json", [])
+    gt = json.loads((FIXTURES / "gt.json").read_text())
+    assert b["base_map"] == 0.0 and b["all_fixed_map"] == 1.0
+    assert b["errors"]["missed"]["count"] == sum(1 for a in gt["annotations"] if not a["iscrowd"])
+    assert b["errors"]["missed"]["dap"] == 1.0
+    assert confusion_matrix(FIXTURES / "gt.json", [])["matrix"][0][-1] > 0
+
+
+def test_conclusions_follow_the_numbers():
+    gt = dataset([(1, 1, A), (1, 2, B)])
+    res = results([(1, 2, A, 0.9), (1, 2, B, 0.8)])
+    b = error_breakdown(gt, res)
+    lines = conclusions(b, confusion_matrix(gt, res))
+    assert lines[0] == f"mask mAP@0.5 (segm AP50) is {b['base_map']:.4g}: {1 - b['base_map']:.4g} below a perfect 1."
+    assert lines[1].startswith(f"Fixing classification errors alone would add the most: dAP {b['errors']['classification']['dap']:.4g} (1 error)")
+    assert "Image 1 (1.png) costs the most classification dAP" in lines[2]
+    assert lines[3] == "No localisation, both, duplicate, background, missed errors."
+    assert lines[4] == "The most frequent confusion: cat detected as dog (1 time, scores ≥ 0.5)."
+    perfect = error_breakdown(gt, results([(1, 1, A, 0.9), (1, 2, B, 0.8)]))
+    assert conclusions(perfect)[1] == "No error type costs any mAP."
+
+
+def test_error_analysis_json_holds_the_conclusions(tmp_path):
+    b = error_breakdown(FIXTURES / "gt.json", FIXTURES / "results.json")
+    c = confusion_matrix(FIXTURES / "gt.json", FIXTURES / "results.json")
+    record = json.loads(write_error_analysis(tmp_path / "error_analysis.json", b, c).read_text())
+    assert record["conclusions"] == conclusions(b, c)

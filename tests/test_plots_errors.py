@@ -9,7 +9,8 @@ import pytest
 
 matplotlib.use("Agg")
 
-from helpers.error_analysis import ERROR_TYPES, confusion_matrix, error_breakdown  # noqa: E402
+from helpers.confusion import confusion_matrix  # noqa: E402
+from helpers.error_analysis import ERROR_TYPES, error_breakdown  # noqa: E402
 from helpers.plots_errors import plot_confusion_matrix, plot_error_breakdown  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
