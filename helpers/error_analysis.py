@@ -6,10 +6,13 @@ overlaps with the image's ground truth (any class ``iou_any``, same class ``iou_
 classes ``iou_other``), checked in this order:
 
     background      iou_any < t_b (0.1): it lies on no object
+    localisation    t_b <= iou_same < t_f: the right class, a poor fit
     classification  iou_other >= t_f: the right place, the wrong class
     duplicate       iou_same >= t_f: the object was already taken by a higher-scoring detection
-    localisation    t_b <= iou_same < t_f: the right class, a poor fit
-    both            t_b <= iou_other < t_f: the wrong class and a poor fit
+    both            otherwise (t_b <= iou_other < t_f): the wrong class and a poor fit
+
+(the order of the authors' ``tidecv`` 1.0.1, which gives the same dAPs on test cases where every
+class has ground truth)
 
 and ``missed`` is every ground-truth object left unmatched that no classification or
 localisation error was aiming at. Each type's dAP is the mAP after an oracle fixes every error
@@ -17,17 +20,17 @@ of that type alone, minus the base mAP:
 
     classification  the detection takes the class of its object and becomes a true positive
     localisation    the detection takes the shape of its object and becomes a true positive
-                    (both of these are suppressed instead when that object is already matched)
+                    (only the highest-scoring classification or localisation error aiming at an
+                    object left unmatched is fixed; the others aiming at it are removed)
     both, duplicate, background   the detection is removed
     missed          the object is removed from the ground truth
 
 Matching and AP are pycocotools' own: the true and false positives are COCOeval's at ``t_f``
 (area "all", 100 detections per image and class), and the AP of the fixed detections is computed
 exactly as ``COCOeval.accumulate`` does (101 recall points, classes without ground truth left
-out), so the base value is pycocotools' AP50. Two choices that the paper leaves open: an object
-matched in the base evaluation stays matched, so a fix aiming at it is suppressed; a class whose
-every object the ``missed`` fix removed scores 1 when none of its detections is left a false
-positive, else 0. (``tidecv`` 1.0.1 runs on numpy 2, but it scores classes without ground truth
+out), so the base value is pycocotools' AP50. An object matched in the base evaluation stays
+matched (a fix aiming at it removes the detection); a class whose every object the ``missed`` fix
+removed scores 1 when none of its detections is left a false positive, else 0. (``tidecv`` 1.0.1 runs on numpy 2, but it scores classes without ground truth
 as AP 0, so its base value is not pycocotools' AP50, and it needs OpenCV, pandas and seaborn.)
 
 The class-confusion matrix is :mod:`helpers.confusion`; the figures are :mod:`helpers.plots_errors`.
@@ -66,12 +69,12 @@ def error_type(iou_same: float, iou_other: float, fg_iou: float = 0.5, bg_iou: f
     (``iou_same``; that object already taken when >= ``fg_iou``) and of another class."""
     if max(iou_same, iou_other) < bg_iou:
         return BACKGROUND
+    if bg_iou <= iou_same < fg_iou:
+        return "localisation"
     if iou_other >= fg_iou:
         return "classification"
     if iou_same >= fg_iou:
         return "duplicate"
-    if iou_same >= bg_iou:
-        return "localisation"
     return "both"
 
 
@@ -197,21 +200,21 @@ class _State:
         for rows in self.rows_by_cat.values():
             rows.sort()
         self.base_q = {c: self._precision(self.rows_by_cat[c], self.npig[c]) for c in self.base_cats}
+        self.fixer: dict[int, int] = {}  # unmatched object -> the highest-scoring error a fix may turn into its TP
+        for dt_id in self.error_order:
+            kind, target, _ = self.errors[dt_id]
+            if kind in _FIX_MOVES and target not in self.matched:
+                self.fixer.setdefault(target, dt_id)
 
     def class_aps(self, fixes: set[str] = frozenset(), image: int | None = None) -> dict[int, np.ndarray]:
         """Per class with base ground truth, COCO's 101-point precision after the given fixes
         (only those in ``image`` when given); classes the fixes do not touch keep their base."""
         changes: dict[int, int | None] = {}  # dt id -> the class it is a true positive of now, or None: removed
-        used = set(self.matched)
         for dt_id in self.error_order if image is None else self.errors_by_img.get(image, []):
             kind, target, _ = self.errors[dt_id]
-            if kind not in fixes:
-                continue
-            if kind in _FIX_MOVES and target not in used:
-                used.add(target)
-                changes[dt_id] = self.gts[target]["cat"]
-            else:
-                changes[dt_id] = None
+            if kind in fixes:
+                fixed = kind in _FIX_MOVES and self.fixer.get(target) == dt_id
+                changes[dt_id] = self.gts[target]["cat"] if fixed else None
         removed = {c: 0 for c in self.cat_ids}
         if "missed" in fixes:
             for g in self.missed:

@@ -403,8 +403,8 @@ _EXERCISES = [
                           "a localisation error has the right class and 0.1 ≤ IoU < 0.5 with its object.")),
         hint="compare the IoUs with the background (0.1) and foreground (0.5) thresholds.",
         explain=lambda v: f"Best IoU {v['iou_same']} with its own class, {v['iou_other']} with others; checked in order "
-                          "background (all < 0.1), classification (other ≥ 0.5), duplicate (own ≥ 0.5), "
-                          f"localisation (own ≥ 0.1), both: {error_type(v['iou_same'], v['iou_other'])!r}.",
+                          "background (all < 0.1), localisation (0.1 ≤ own < 0.5), classification (other ≥ 0.5), "
+                          f"duplicate (own ≥ 0.5), both: {error_type(v['iou_same'], v['iou_other'])!r}.",
     ),
 ]
 
