@@ -14,6 +14,7 @@ import pycocotools.mask as mask_utils
 from pycocotools.coco import COCO
 
 from .error_analysis import BACKGROUND, _geometry
+from .errors import SubmissionError
 from .evaluate import _coco, _load_detections, _load_ground_truth, _quiet
 from .submission import source_name
 
@@ -27,7 +28,7 @@ def confusion_matrix(gt: Any, results: Any, iou_type: str = "segm", iou: float =
     Per image, detections in descending score first take an unmatched object of their own class
     (highest IoU >= ``iou``, as COCOeval matches); those left then take any unmatched object at
     IoU >= ``iou``, whatever its class: an off-diagonal cell is a classification confusion.
-    Crowd regions are left out. Returns ``{"labels": [class names..., "background"],
+    Crowd regions are left out (a detection on one counts as background). Returns ``{"labels": [class names..., "background"],
     "category_ids": [...], "matrix": [[int]]}`` plus ``iou``, ``score_thresh``, ``iou_type``.
     """
     coco_gt, coco_dt = _load_pair(gt, results, iou_type)
@@ -68,6 +69,11 @@ def _load_pair(gt: Any, results: Any, iou_type: str) -> tuple[COCO, COCO]:
     """Checked ground truth and results as pycocotools COCO objects (as COCOeval would load them)."""
     dataset = _load_ground_truth(gt, iou_type)
     detections = _load_detections(results, dataset, iou_type, source_name(gt, "the ground truth"))
+    known = {c["id"] for c in dataset["categories"]}
+    for index, det in enumerate(detections):
+        if det["category_id"] not in known:
+            raise SubmissionError(f"{source_name(results, 'results')}: entry {index}: category_id "
+                                  f"{det['category_id']!r} is not a category of {source_name(gt, 'the ground truth')}")
     with _quiet():
         coco_gt = _coco(dataset)
         coco_dt = coco_gt.loadRes(detections) if detections else _coco({**dataset, "annotations": []})

@@ -15,6 +15,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from helpers.confusion import confusion_matrix
+from helpers.errors import SubmissionError
 from helpers.error_analysis import (ERROR_TYPES, conclusions, error_breakdown, format_breakdown,
                                     metric_label, write_error_analysis)
 
@@ -368,3 +369,10 @@ def test_same_daps_as_tidecv_where_every_class_has_ground_truth():
         b = error_breakdown(gt, [{k: v for k, v in d.items() if k != drop} for d in dets], case["iou_type"])
         assert b["base_map"] == pytest.approx(case["base_map"], abs=1e-9), case
         assert {k: v["dap"] for k, v in b["errors"].items()} == pytest.approx(case["dap"], abs=1e-9), case
+
+
+def test_confusion_rejects_an_unknown_category(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results([(1, 7, A, 0.9)])))
+    with pytest.raises(SubmissionError, match=r"results.json: entry 0: category_id 7 is not a category of the ground truth"):
+        confusion_matrix(dataset([(1, 1, A)]), path)
