@@ -182,3 +182,15 @@ def test_ap50_vs_ap_agrees_with_pycocotools():
     assert result["AP75"] == pytest.approx(stats[2], abs=1e-12)
     assert result["AP50"] > result["AP"]
     assert concepts.coco_ap([True, False, True], 2) == pytest.approx((51 * 1 + 50 * 2 / 3) / 101)
+
+
+def test_resized_input_size_follows_resize_shortest_edge():
+    assert concepts.resized_input_size(333, 500, 800, 1333) == (800, 1201)
+    assert concepts.resized_input_size(100, 1000, 800, 1333) == (133, 1333)  # the long side caps the scale
+    assert concepts.resized_input_size(160, 213, 160, 256) == (160, 213)
+
+
+def test_anchor_config_must_name_every_level():
+    cfg = Config().merge({"MODEL.ANCHOR_GENERATOR.SIZES": [[32], [64]]})
+    with pytest.raises(ValueError, match="expected 5 anchor sizes"):
+        concepts.anchors_per_level(cfg)
