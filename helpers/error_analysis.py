@@ -1,4 +1,4 @@
-"""Where the mAP goes: the TIDE error breakdown, a class-confusion matrix, ``error_analysis.json``.
+"""Where the mAP goes: the TIDE error breakdown, its conclusions and ``error_analysis.json``.
 
 TIDE (Bolya et al., "TIDE: A General Toolbox for Identifying Object Detection Errors", ECCV 2020)
 gives every false positive at the foreground IoU ``t_f`` (0.5) one error type, from its best
@@ -29,9 +29,12 @@ Matching and AP are pycocotools' own: the true and false positives are COCOeval'
 (area "all", 100 detections per image and class), and the AP of the fixed detections is computed
 exactly as ``COCOeval.accumulate`` does (101 recall points, classes without ground truth left
 out), so the base value is pycocotools' AP50. An object matched in the base evaluation stays
-matched (a fix aiming at it removes the detection); a class whose every object the ``missed`` fix
-removed scores 1 when none of its detections is left a false positive, else 0. (``tidecv`` 1.0.1 runs on numpy 2, but it scores classes without ground truth
-as AP 0, so its base value is not pycocotools' AP50, and it needs OpenCV, pandas and seaborn.)
+matched (a fix aiming at it removes the detection); a class whose every object the ``missed``
+fix removed scores 1 when none of its detections is left a false positive, else 0.
+
+Why not ``tidecv`` itself: 1.0.1 (2020) runs on numpy 2, but it scores a class without ground
+truth as AP 0, so its base value is not pycocotools' AP50 (0.518 instead of 0.777 on
+``tests/fixtures/eval``), and it needs OpenCV, pandas and seaborn.
 
 The class-confusion matrix is :mod:`helpers.confusion`; the figures are :mod:`helpers.plots_errors`.
 """
