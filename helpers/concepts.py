@@ -7,8 +7,10 @@ library's answer beside it (pycocotools for IoU, RLE and AP), so a notebook can 
     anchors_per_level                        anchors per FPN level for a config and input size
     learning_rate, lr_schedule, plot_lr_schedule   warm-up and steps of WarmupMultiStepLR
     weight_decay_groups, shrink_factor       the decay of each parameter group, (1 - lr*lambda)^T
+    optimizer_groups                         the groups a real torch optimizer holds
     rle_by_hand, rle_example                 run-length counting in column-major order vs pycocotools
     precision_recall_at_ranks, coco_ap, ap_by_iou   PR at each rank, COCO's 101-point AP, AP50 vs AP
+    plot_pr_example                          those ranks, the interpolated curve and its AP
 """
 
 from __future__ import annotations
@@ -174,6 +176,20 @@ def weight_decay_groups(cfg: Config) -> dict[str, float]:
             "norm weights": norm, "norm biases": norm if bias is None else bias}
 
 
+def optimizer_groups(optimizer: Any) -> list[dict]:
+    """What each parameter group of a torch optimizer holds: its ``weight_decay``, ``lr`` (and
+    ``lr_factor`` when the engine sets one), the number of tensors and of values in it."""
+    rows = []
+    for group in optimizer.param_groups:
+        params = list(group["params"])
+        row = {"weight_decay": float(group.get("weight_decay", 0.0)), "lr": float(group["lr"]),
+               "tensors": len(params), "values": int(sum(p.numel() for p in params))}
+        if "lr_factor" in group:
+            row["lr_factor"] = float(group["lr_factor"])
+        rows.append(row)
+    return rows
+
+
 def shrink_factor(lr: float, weight_decay: float, steps: int) -> float:
     """What SGD's decay alone leaves of a weight after ``steps`` steps: ``(1 - lr * weight_decay) ** steps``
     (each step subtracts ``lr * weight_decay * w``)."""
@@ -255,3 +271,27 @@ def ap_by_iou(scores: Sequence[float], ious: Sequence[float], num_gt: int,
     per = {round(t, 2): coco_ap([ious[i] >= min(t, 1 - 1e-10) for i in order], num_gt)  # COCOeval's test
            for t in thresholds}
     return {"per_threshold": per, "AP50": per.get(0.5), "AP75": per.get(0.75), "AP": float(np.mean(list(per.values())))}
+
+
+def plot_pr_example(is_tp: Sequence[bool], num_gt: int) -> Figure:
+    """One class's ranked detections as precision-recall points, the curve COCO interpolates
+    from them (precision made non-increasing) and its AP, the mean of that curve at 101 recalls."""
+    rows = precision_recall_at_ranks(is_tp, num_gt)
+    fig, ax = plt.subplots(figsize=(5.0, 3.6), layout="constrained")
+    plt.close(fig)
+    recall = [0.0] + [r["recall"] for r in rows]
+    precision = [r["precision"] for r in rows]
+    envelope = list(np.maximum.accumulate(np.array(precision)[::-1])[::-1]) if rows else []
+    ax.step(recall, [envelope[0] if envelope else 0.0] + envelope, where="pre", color="#1f77b4",
+            label="interpolated (what COCO reads)")
+    colors = ["#2ca02c" if r["tp"] > (rows[k - 1]["tp"] if k else 0) else "#d62728" for k, r in enumerate(rows)]
+    ax.scatter(recall[1:], precision, c=colors, zorder=3, label="after each detection (green: TP, red: FP)")
+    for r in rows:
+        ax.annotate(str(r["rank"]), (r["recall"], r["precision"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel(f"recall (true positives / {num_gt} objects)")
+    ax.set_ylabel("precision (true positives / detections)")
+    ax.set_title(f"AP = {coco_ap(is_tp, num_gt):.4g} (mean precision at recall 0, 0.01, ..., 1)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    return fig

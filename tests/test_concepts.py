@@ -194,3 +194,23 @@ def test_anchor_config_must_name_every_level():
     cfg = Config().merge({"MODEL.ANCHOR_GENERATOR.SIZES": [[32], [64]]})
     with pytest.raises(ValueError, match="expected 5 anchor sizes"):
         concepts.anchors_per_level(cfg)
+
+
+def test_optimizer_groups_read_a_real_optimizer():
+    torch = pytest.importorskip("torch")
+    conv, norm = torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)
+    opt = torch.optim.SGD([{"params": [conv.weight], "weight_decay": 1e-4},
+                           {"params": [conv.bias, norm.bias], "weight_decay": 0.01},
+                           {"params": [norm.weight], "weight_decay": 0.0}], lr=0.02, momentum=0.9)
+    rows = concepts.optimizer_groups(opt)
+    assert [(r["weight_decay"], r["tensors"], r["values"]) for r in rows] == [(1e-4, 1, 108), (0.01, 2, 8), (0.0, 1, 4)]
+    assert all(r["lr"] == 0.02 for r in rows)
+
+
+def test_plot_pr_example_draws_the_ranks():
+    fig = concepts.plot_pr_example([True, False, True, True, False], 4)
+    ax = fig.axes[0]
+    points = ax.collections[0].get_offsets()
+    assert [tuple(p) for p in points] == [(0.25, 1.0), (0.25, 0.5), (0.5, 2 / 3), (0.75, 0.75), (0.75, 0.6)]
+    assert f"AP = {concepts.coco_ap([True, False, True, True, False], 4):.4g}" in ax.get_title()
+    fig.canvas.draw()
