@@ -30,8 +30,12 @@ def _level(v: dict) -> dict:
     return next(r for r in rows if r["level"] == v["level"])
 
 
-def _level_with_stride(v: dict, stride: int) -> int:
-    h, w = (math.ceil(s / stride) for s in v["input_size"])
+def _padded(v: dict) -> tuple[int, int]:
+    return tuple(math.ceil(s / concepts.SIZE_DIVISIBILITY) * concepts.SIZE_DIVISIBILITY for s in v["input_size"])
+
+
+def _level_with_stride(v: dict, stride: int, padded: bool = True) -> int:
+    h, w = (math.ceil(s / stride) for s in (_padded(v) if padded else v["input_size"]))
     return h * w * _level(v)["anchors_per_location"]
 
 
@@ -137,7 +141,8 @@ _EXERCISES = [
     Exercise(
         "anchors_per_level", "02_training",
         prompt=lambda v: (lambda r: f"The network input is {v['input_size'][0]} x {v['input_size'][1]} pixels "
-                          f"(already a multiple of 32). Level {v['level']} has stride {r['stride']}, anchor sizes "
+                          f"(the engines pad it to a multiple of 32: {_padded(v)[0]} x {_padded(v)[1]}). Level "
+                          f"{v['level']} has stride {r['stride']}, anchor sizes "
                           f"{r['sizes']} and aspect ratios {r['aspect_ratios']} (MODEL.ANCHOR_GENERATOR of the "
                           f"config). How many anchors does {v['level']} have?")(_level(v)),
         defaults=lambda: {"cfg": Config(), "level": "p3", "input_size": (800, 1088)},
@@ -151,8 +156,11 @@ _EXERCISES = [
                   Mistake(lambda v: _level_with_stride(v, _level(v)["stride"] // 2),
                           "check the stride: p2 has stride 4, p3 8, p4 16, p5 32, p6 64."),
                   Mistake(lambda v: _level_with_stride(v, _level(v)["stride"] * 2),
-                          "check the stride: p2 has stride 4, p3 8, p4 16, p5 32, p6 64.")),
-        hint="locations = (height / stride) × (width / stride); anchors = locations × sizes × aspect ratios.",
+                          "check the stride: p2 has stride 4, p3 8, p4 16, p5 32, p6 64."),
+                  Mistake(lambda v: _level_with_stride(v, _level(v)["stride"], padded=False),
+                          "the feature maps come from the PADDED input (a multiple of 32), not the resized image.")),
+        hint="locations = (padded height / stride) × (padded width / stride); anchors = locations × sizes × "
+             "aspect ratios.",
         explain=lambda v: (lambda r: f"Feature map {r['feature_size'][0]} x {r['feature_size'][1]} = "
                            f"{r['feature_size'][0] * r['feature_size'][1]} locations × {len(r['sizes'])} size × "
                            f"{len(r['aspect_ratios'])} ratios = {r['anchors']}.")(_level(v)),

@@ -130,3 +130,11 @@ def test_solutions_file_is_up_to_date(project_root):
     for name in ALL:
         assert f"### `{name}`" in text
         assert f"**Answer:** `{exercises._show(exercises.solution(name))}`" in text
+
+
+def test_anchor_count_uses_the_padded_input():
+    kwargs = {"level": "p3", "input_size": (800, 1067)}
+    assert "pad it to a multiple of 32: 800 x 1088" in exercises.question("anchors_per_level", **kwargs)
+    assert exercises.solution("anchors_per_level", **kwargs) == 100 * 136 * 3
+    assert exercises.feedback("anchors_per_level", 100 * 134 * 3, **kwargs).text == \
+        "[anchors_per_level] not yet: the feature maps come from the PADDED input (a multiple of 32), not the resized image."
