@@ -221,11 +221,13 @@ def _clone(dest: Path) -> Path:
     return dest
 
 
-def _run_all(home: Path, env: dict) -> None:
-    """Every notebook, top to bottom, with its parameters as committed: "Run all" in each, in order."""
+def _run_all(home: Path, env: dict, keep: Path) -> None:
+    """Every notebook, top to bottom, with its parameters as committed: "Run all" in each, in order
+    (the executed copies go to ``keep``)."""
     import nbformat
     from nbclient import NotebookClient
 
+    keep.mkdir(parents=True, exist_ok=True)
     for name in NOTEBOOK_ORDER:
         nb = nbformat.read(home / "notebooks" / f"{name}.ipynb", as_version=4)
         client = NotebookClient(nb, timeout=1200, kernel_name="python3",
@@ -233,7 +235,7 @@ def _run_all(home: Path, env: dict) -> None:
         try:
             client.execute(env=env)  # the kernel's environment: Colab's stand-in and Drive
         finally:
-            nbformat.write(nb, home.parent / f"{name}.executed.ipynb")
+            nbformat.write(nb, keep / f"{name}.ipynb")
 
 
 def _digest(path: Path) -> str:
@@ -253,25 +255,25 @@ def test_the_course_runs_on_colab_with_its_defaults_and_a_reconnect_resumes(driv
     for key in ("HELPERS_HEADLESS", course.ENV_FILE):
         env.pop(key, None)
     _clone(home)
-    _run_all(home, env)
+    _run_all(home, env, (tmp_path / "first").resolve())
     drive_runs = drive_mount / "MyDrive" / colab.DRIVE_FOLDER / "runs"
     assert (home / "runs").is_symlink() and (home / "runs").resolve() == drive_runs.resolve()
     train = drive_runs / "demo" / "train"
     assert (train / "model_final.pth").is_file() and json.loads((train / "run.json").read_text())["status"] == "finished"
     assert (drive_runs / "course.yaml").is_file()  # the settings survive on Drive
     assert log.read_text().count("enable_custom_widget_manager") == len(NOTEBOOK_ORDER)
-    first = {p.relative_to(drive_runs): _digest(p) for p in drive_runs.rglob("*.pth")}
+    weights = {p.relative_to(drive_runs): _digest(p) for p in drive_runs.rglob("*.pth")}
     metrics = (train / "metrics.json").read_text()
     val = json.loads((drive_runs / "demo" / "val_metrics.json").read_text())
     submission = _digest(drive_runs / "demo" / "submission.json")
     setup_out = "".join(o.get("text", "") for o in
-                        json.loads((tmp_path / "02_training.executed.ipynb").read_text())["cells"][1]["outputs"])
+                        json.loads((tmp_path / "first" / "02_training.ipynb").read_text())["cells"][1]["outputs"])
     assert "detectron2 is not needed" in setup_out and "False" not in setup_out
 
     shutil.rmtree(content)  # the reconnect: /content is empty again
     _clone(home)
-    _run_all(home, env)
-    assert {p.relative_to(drive_runs): _digest(p) for p in drive_runs.rglob("*.pth")} == first  # nothing retrained
+    _run_all(home, env, (tmp_path / "again").resolve())
+    assert {p.relative_to(drive_runs): _digest(p) for p in drive_runs.rglob("*.pth")} == weights  # nothing retrained
     assert (train / "metrics.json").read_text() == metrics
     again = json.loads((drive_runs / "demo" / "val_metrics.json").read_text())
     assert again["segm"]["AP50"] == val["segm"]["AP50"] and again["segm"]["AP"] == val["segm"]["AP"]
