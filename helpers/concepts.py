@@ -295,3 +295,31 @@ def plot_pr_example(is_tp: Sequence[bool], num_gt: int) -> Figure:
     ax.set_title(f"AP = {coco_ap(is_tp, num_gt):.4g} (mean precision at recall 0, 0.01, ..., 1)", fontsize=9)
     ax.legend(fontsize=7, loc="lower left")
     return fig
+
+
+# --------------------------------------------------------------------------- loss terms
+
+# What each of Mask R-CNN's five losses trains, under both engines' names (torchvision, detectron2).
+LOSS_TERMS = {
+    "loss_objectness": "RPN: is there an object at this anchor? (binary cross-entropy over sampled anchors)",
+    "loss_rpn_cls": "RPN: is there an object at this anchor? (binary cross-entropy over sampled anchors)",
+    "loss_rpn_box_reg": "RPN: the box offsets from positive anchors to their objects (smooth L1)",
+    "loss_rpn_loc": "RPN: the box offsets from positive anchors to their objects (L1)",
+    "loss_classifier": "box head: which of the classes, or background, each sampled proposal is (cross-entropy)",
+    "loss_cls": "box head: which of the classes, or background, each sampled proposal is (cross-entropy)",
+    "loss_box_reg": "box head: the refinement of each positive proposal's box for its class (smooth L1)",
+    "loss_mask": "mask head: each positive proposal's 28x28 mask of its class, pixel by pixel (binary cross-entropy)",
+}
+
+
+def loss_terms(rows: Sequence[dict], window: int = 10) -> list[dict]:
+    """For each loss in a run's metrics rows: what it trains, and its mean over the first and the
+    last ``window`` iterations (how much it fell)."""
+    keys = [k for k in (rows[0] if rows else {}) if k.startswith("loss")]
+    out = []
+    for key in keys:
+        values = [float(r[key]) for r in rows if key in r]
+        head, tail = values[:window], values[-window:]
+        out.append({"loss": key, "trains": LOSS_TERMS.get(key, "?"), "first": sum(head) / len(head),
+                    "last": sum(tail) / len(tail)})
+    return out

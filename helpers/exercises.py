@@ -136,8 +136,14 @@ def feedback(name: str, answer: Any, **inputs: Any) -> Feedback:
     return Feedback(False, f"[{name}] not yet: {ex.hint}")
 
 
-def check(name: str, answer: Any, **inputs: Any) -> None:
-    """Print whether ``answer`` to exercise ``name`` is right, or a hint; never raises for any answer."""
+def check(name: str, answer: Any, fill: bool = False, **inputs: Any) -> None:
+    """Print whether ``answer`` to exercise ``name`` is right, or a hint; never raises for any answer.
+
+    ``fill=True`` (a notebook's ``solutions`` parameter: instructors, CI) checks the computed solution
+    where no answer was given, and says so, so a headless run proves every exercise's inputs work."""
+    if fill and (answer is ... or answer is None):
+        answer = solution(name, **inputs)
+        print(f"[{name}] (solutions on) answer filled in: {_show(answer)}")
     print(feedback(name, answer, **inputs).text)
 
 

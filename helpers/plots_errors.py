@@ -86,3 +86,19 @@ def plot_confusion_matrix(confusion: dict, normalize: bool = False) -> Figure:
     ax.set_title(f"Confusion at {confusion['iou_type']} IoU ≥ {confusion['iou']:g}, "
                  f"detections scoring ≥ {confusion['score_thresh']:g}", fontsize=9)
     return fig
+
+
+def show_error_images(split, predictions: dict, breakdown: dict, kinds: int = 3, score_thresh: float = 0.5) -> Figure:
+    """Ground truth beside prediction for the image that costs most mAP in each of the ``kinds``
+    costliest error types (those with a positive dAP), one row each, labelled with its type."""
+    from . import viz
+
+    ranked = sorted((k for k, v in breakdown["errors"].items() if v["dap"] > 0 and breakdown["top_images"].get(k)),
+                    key=lambda k: -breakdown["errors"][k]["dap"])[:kinds]
+    if not ranked:
+        raise ValueError("no error type costs any mAP: nothing to show")
+    rows = []
+    for kind in ranked:
+        image = split.image_by_id(breakdown["top_images"][kind][0]["image_id"])
+        rows.append((image, viz._prediction_of(predictions, image), f"worst for {kind}: {_ERROR_MEANINGS[kind]}"))
+    return viz._gt_vs_pred_rows(split, rows, score_thresh, "The images that cost the most, per error type")

@@ -214,3 +214,13 @@ def test_plot_pr_example_draws_the_ranks():
     assert [tuple(p) for p in points] == [(0.25, 1.0), (0.25, 0.5), (0.5, 2 / 3), (0.75, 0.75), (0.75, 0.6)]
     assert f"AP = {concepts.coco_ap([True, False, True, True, False], 4):.4g}" in ax.get_title()
     fig.canvas.draw()
+
+
+def test_loss_terms_say_what_each_trains_and_how_much_it_fell():
+    rows = [{"iteration": i, "loss_mask": 1.0 - i / 100, "loss_cls": 2.0, "lr": 0.1} for i in range(30)]
+    terms = {t["loss"]: t for t in concepts.loss_terms(rows, window=10)}
+    assert set(terms) == {"loss_mask", "loss_cls"}
+    assert terms["loss_mask"]["first"] == pytest.approx(1.0 - 4.5 / 100) and terms["loss_mask"]["last"] == pytest.approx(1.0 - 24.5 / 100)
+    assert "mask head" in terms["loss_mask"]["trains"] and "box head" in terms["loss_cls"]["trains"]
+    for name in ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"):
+        assert name in concepts.LOSS_TERMS

@@ -138,3 +138,15 @@ def test_anchor_count_uses_the_padded_input():
     assert exercises.solution("anchors_per_level", **kwargs) == 100 * 136 * 3
     assert exercises.feedback("anchors_per_level", 100 * 134 * 3, **kwargs).text == \
         "[anchors_per_level] not yet: the feature maps come from the PADDED input (a multiple of 32), not the resized image."
+
+
+@pytest.mark.parametrize("name", exercises.names())
+def test_fill_checks_the_computed_solution_only_where_no_answer_was_given(name, capsys):
+    exercises.check(name, ..., fill=True)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"[{name}] (solutions on) answer filled in: ") and out[1].startswith(f"[{name}] correct")
+    ex = exercises.exercise(name)
+    wrong = ex.mistakes[0].answer(exercises.inputs_of(name)) if ex.mistakes else None
+    if wrong is not None:
+        exercises.check(name, wrong, fill=True)  # a given answer is checked as it is
+        assert "correct" not in capsys.readouterr().out

@@ -48,3 +48,21 @@ def test_confusion_cells_hold_the_counts(normalize):
             assert cells[(i, j)] == expected
     assert ax.get_xticklabels()[-1].get_text() == "background\n(missed)"
     fig.canvas.draw()
+
+
+def test_show_error_images_draws_the_worst_image_of_the_costliest_types(demo_root, tmp_path):
+    from helpers import data, submission
+    from helpers.error_analysis import error_breakdown
+    from helpers.instances import Instances
+    from helpers.plots_errors import show_error_images
+
+    split = data.load_split(demo_root / data.TRAIN_JSON, check_images=False)
+    anns = [a for a in split.annotations if a["image_id"] == split.images[0]["id"]]
+    results = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": [a["bbox"][0] + 300, a["bbox"][1], 5, 5],
+                "score": 0.9} for a in anns]  # every detection on background: every object missed
+    b = error_breakdown(split.coco, results, iou_type="bbox")
+    predictions = {img["id"]: Instances.empty((img["height"], img["width"])) for img in split.images}
+    fig = show_error_images(split, predictions, b, kinds=2)
+    assert len(fig.axes) == 2 * len([k for k in b["errors"] if b["errors"][k]["dap"] > 0][:2])
+    assert "worst for" in " ".join(ax.get_title() for ax in fig.axes)
+    fig.savefig(tmp_path / "e.png")

@@ -155,6 +155,21 @@ def load_predictor(cfg: Config, checkpoint: Path, categories: list[dict]) -> bas
     return _predictor(model.eval(), node, categories)
 
 
+def build_optimizer(cfg: Config, categories: list[dict]):
+    """detectron2's own optimizer (``detectron2.solver.build_optimizer``) over a random-init model of
+    ``cfg``: its parameter groups are what weight decay acts on (for the course to read)."""
+    from detectron2.modeling import build_model
+    from detectron2.solver import build_optimizer as d2_build_optimizer
+
+    cfg = cfg.copy()
+    base.trainable_norm_for_random_init(cfg)  # what training would use; the weights are not loaded here
+    if cfg["MODEL.RESNETS.DEPTH"] in (18, 34):
+        cfg["MODEL.RESNETS.RES2_OUT_CHANNELS"] = 64
+    cfg.merge({"MODEL.DEVICE": "cpu", "MODEL.WEIGHTS": "", "MODEL.ROI_HEADS.NUM_CLASSES": len(categories)})
+    node = detectron2_config(cfg)
+    return d2_build_optimizer(node, build_model(node))
+
+
 def architecture(cfg: Config, categories: list[dict], image: np.ndarray) -> list[dict]:
     """Stages and tensor shapes of one eval-mode forward pass of a random-init model, in pipeline order.
 

@@ -114,6 +114,13 @@ def load_predictor(cfg: Config, checkpoint: Path, categories: list[dict]) -> bas
     return _predictor(model, cfg, categories, device)
 
 
+def build_optimizer(cfg: Config, categories: list[dict]) -> torch.optim.Optimizer:
+    """The SGD optimizer training would use, over a random-init model of ``cfg``: its parameter
+    groups are what weight decay acts on (for the course to read, not to train with)."""
+    cfg = prepare_config(cfg.copy())
+    return _optimizer(cfg, build_model(cfg, len(categories), load_weights=False))
+
+
 def architecture(cfg: Config, categories: list[dict], image: np.ndarray) -> list[dict]:
     """Stages and tensor shapes of one eval-mode forward pass of a random-init model, in pipeline order.
 
