@@ -50,6 +50,7 @@ def setup_run(
     cfg = config.copy().merge(overrides) if isinstance(config, Config) else load_config(config, overrides)
     cfg.check_engine(engine)
     cfg = get_engine(engine).prepare_config(cfg)
+    runs.best_metric(cfg)  # TEST.BEST_METRIC names a val metric
     root = resolve_data_root(cfg, data_root)
     run_dir = Path(run_dir or cfg["OUTPUT_DIR"]).expanduser().resolve()
     splits = prepare_split(cfg, root, Path(split_dir) if split_dir else run_dir / "data")
@@ -61,7 +62,6 @@ def setup_run(
             f"MODEL.ROI_HEADS.NUM_CLASSES is {cfg['MODEL.ROI_HEADS.NUM_CLASSES']} but {root / data.TRAIN_JSON} "
             f"declares {len(categories)} categories; set MODEL.ROI_HEADS.NUM_CLASSES {len(categories)}"
         )
-    runs.best_metric(cfg)  # TEST.BEST_METRIC names a val metric
     cfg["DATASETS.ROOT"] = str(root)
     cfg["OUTPUT_DIR"] = str(run_dir)
     return cfg, splits, run_dir

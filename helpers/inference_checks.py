@@ -104,3 +104,41 @@ def format_threshold_sweep(report: dict) -> str:
             " (the homework's)" if r["threshold"] == report["homework_threshold"] else ""
         lines.append(f"{r['threshold']:>9g}  {r[HEADLINE]:>26.4f}  {r['segm/AP']:>26.4f}  {r['detections']:>10}{mark}")
     return "\n".join(lines)
+
+
+def measure(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best", score_thresh: float | None = None,
+            progress: bool = False) -> dict:
+    """Notebook 04's measurements on the val split: COCO metrics (``val_metrics.json``), channel order and
+    the score-threshold sweep, all written to ``out_dir``. A run that trained on every image
+    (DATASETS.VAL_FRACTION 0) has no val split: nothing is measured and ``skipped`` says why."""
+    cfg, _ = experiment.load_run(run_dir)
+    if experiment.trains_on_all(cfg):
+        return {"skipped": f"{run_dir} trained on every image (DATASETS.VAL_FRACTION 0): no val split to measure on; "
+                           f"the measurements belong to the run trained on the split"}
+    return {"val": experiment.evaluate_run(run_dir, checkpoint=checkpoint, score_thresh=score_thresh, out_dir=out_dir,
+                                           progress=progress),
+            "channel_order": channel_order(run_dir, out_dir, checkpoint, score_thresh, progress=progress),
+            "threshold_sweep": threshold_sweep(run_dir, out_dir, checkpoint, progress=progress)}
+
+
+def format_measured(measured: dict) -> str:
+    """What :func:`measure` found, as text."""
+    from .evaluate import format_table
+
+    if "skipped" in measured:
+        return measured["skipped"]
+    return "\n\n".join([format_table(measured["val"]["segm"], title="val segm"),
+                        format_table(measured["val"]["bbox"], title="val bbox"),
+                        format_channel_order(measured["channel_order"]),
+                        format_threshold_sweep(measured["threshold_sweep"])])
+
+
+def save_figures(measured: dict, fig_dir: str | Path) -> list:
+    """The channel-order and threshold-sweep figures, saved to ``fig_dir`` and returned (to display)."""
+    from . import viz
+
+    if "skipped" in measured:
+        return []
+    figs = [(viz.plot_channel_order(measured["channel_order"]), "04_channel_order.png"),
+            (viz.plot_threshold_sweep(measured["threshold_sweep"]), "04_threshold_sweep.png")]
+    return [viz.save_figure(fig, Path(fig_dir) / name, close=False) for fig, name in figs]
