@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from helpers import ablation, runs, stats
 from helpers.config import load_config
@@ -78,9 +79,12 @@ def test_decay_arithmetic_of_the_homework():
 def test_the_profiles_ablation_files_load_with_a_baseline():
     spec = ablation.load_spec(CONFIGS / "ablation.yaml")
     assert spec["baseline"] == "no_decay" and list(spec["variants"])[:1] == ["no_decay"]
-    assert set(spec["variants"]) == {"no_decay", "wd_1e-4", "homework", "wd_1e-3"}
-    demo = ablation.load_spec(CONFIGS / "ablation_demo.yaml")
-    assert demo["baseline"] in demo["variants"] and len(demo["variants"]) >= 2
+    assert set(spec["variants"]) == {"no_decay", "wd_1e-4", "homework", "wd_1e-3", "strong"}
+    for profile, seeds in (("demo", 2), ("homework", 3), ("gpu-ci", 2)):
+        prof = yaml.safe_load((CONFIGS / "profiles" / f"{profile}.yaml").read_text())["notebooks"]["03_weight_decay_ablation"]
+        chosen = ablation.load_spec(CONFIGS / "ablation.yaml", prof["variants"])
+        assert chosen["baseline"] == "no_decay" and len(chosen["variants"]) >= 3
+        assert len(prof["seeds"]) >= seeds, profile
     with pytest.raises(ConfigError, match="no variant 'nope'"):
         ablation.load_spec(CONFIGS / "ablation.yaml", ["nope"])
 
