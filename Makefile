@@ -23,7 +23,7 @@ help:
 
 $(STAMP): pyproject.toml
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install --disable-pip-version-check -q -e ".[test]"
+	$(VPY) -m pip install --disable-pip-version-check -q -e ".[jupyter,test]"
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -57,7 +57,7 @@ def measure_predict(run_dir: Path, images: Path, count: int) -> dict:
     from helpers import data, experiment
 
     predictor = experiment.load_predictor(run_dir, checkpoint="final")
-    arrays = [data.read_image(path) for _, path in experiment.images_to_predict(images)[: count + 1]]
+    arrays = [data.read_image(path) for _, path in experiment.images_to_predict(images)[0][: count + 1]]
     predictor(arrays[:1])
     start = time.perf_counter()
     for array in arrays[1:]:

@@ -93,6 +93,7 @@ def _cmd_predict(args) -> int:
         checkpoint=args.checkpoint,
         score_thresh=args.score_thresh,
         device=args.device,
+        image_dir=args.image_dir,
     )
     print(json.dumps({k: v for k, v in summary.items() if k != "validation"}, indent=2))
     return 0
@@ -162,7 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("predict", help="predict images with a trained run and write a submission file")
     s.add_argument("--run-dir", required=True)
-    s.add_argument("--images", required=True, help="a test.json (ids from it) or a folder of images")
+    s.add_argument("--images", required=True,
+                   help="a test.json (image ids from it), or the folder that holds it or its images")
+    s.add_argument("--image-dir", default=None, help="where the images of --images are (default: test_images/ beside it)")
     s.add_argument("--out", required=True, help="submission JSON to write")
     s.add_argument("--checkpoint", default="best", help="best, final, last or a .pth path")
     s.add_argument("--score-thresh", type=float, default=None, help="default: the run config's")

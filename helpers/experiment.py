@@ -25,10 +25,40 @@ def resolve_data_root(cfg: Config, data_root: str | Path | None) -> Path:
     return root.resolve()
 
 
-def prepare_split(cfg: Config, root: Path, split_dir: Path) -> data.SplitPaths:
-    """The seeded class-stratified train/val split files every engine and notebook shares."""
+def prepare_split(cfg: Config, root: Path, split_dir: Path, write: bool = True) -> data.SplitPaths:
+    """The seeded class-stratified train/val split files every engine and notebook shares.
+
+    ``write=False`` (the other processes of a multi-process run) only names them: rank 0 writes them
+    before the processes meet."""
+    if not write:
+        return data.SplitPaths(split_dir / "train.json", split_dir / "val.json")
     train = data.load_root(root, check_images=False).train
     return data.make_split(train, split_dir, val_fraction=cfg["DATASETS.VAL_FRACTION"], seed=cfg["DATASETS.SPLIT_SEED"])
+
+
+def process_rank() -> int:
+    """This process's rank in a multi-process run (torchrun's RANK, or an existing process group's)."""
+    import os
+
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank()
+    except ImportError:
+        pass
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def _wait_for_rank0() -> None:
+    """Where a process group already exists (detectron2's ``launch``), the others wait for rank 0's files."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+    except ImportError:
+        pass
 
 
 def setup_run(
@@ -53,8 +83,9 @@ def setup_run(
     runs.best_metric(cfg)  # TEST.BEST_METRIC names a val metric
     root = resolve_data_root(cfg, data_root)
     run_dir = Path(run_dir or cfg["OUTPUT_DIR"]).expanduser().resolve()
-    splits = prepare_split(cfg, root, Path(split_dir) if split_dir else run_dir / "data")
-    categories = data.load_split(splits.train, check_images=False).categories
+    main = process_rank() == 0
+    splits = prepare_split(cfg, root, Path(split_dir) if split_dir else run_dir / "data", write=main)
+    categories = data.load_split(splits.train if main else root / data.TRAIN_JSON, check_images=False).categories
     if match_num_classes:
         cfg["MODEL.ROI_HEADS.NUM_CLASSES"] = len(categories)
     if cfg["MODEL.ROI_HEADS.NUM_CLASSES"] != len(categories):
@@ -97,13 +128,21 @@ def train(
     if not resume and runs.last_checkpoint(run_dir) is not None:
         raise EngineError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another --run-dir")
     module = get_engine(engine)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    runs.remove_partial_writes(run_dir)
-    cfg.save(run_dir / runs.CONFIG)
-    runs.write_run_info(run_dir, engine=engine, data_root=cfg["DATASETS.ROOT"], train_split=str(splits.train),
-                        val_split=str(splits.val), status="training")
+    recorded = runs.read_run_info(run_dir).get("engine")
+    if recorded and recorded != engine:
+        raise EngineError(f"{run_dir} was trained with the {recorded} engine, not {engine}: resume it with "
+                          f"--engine {recorded}, or choose another --run-dir")
+    main = process_rank() == 0  # only rank 0 writes the run folder (the engines checkpoint on rank 0 too)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        runs.remove_partial_writes(run_dir)
+        cfg.save(run_dir / runs.CONFIG)
+        runs.write_run_info(run_dir, engine=engine, data_root=cfg["DATASETS.ROOT"], train_split=str(splits.train),
+                            val_split=str(splits.val), status="training")
+    _wait_for_rank0()
     final = module.train(cfg, splits, run_dir, resume=resume, progress=progress)
-    runs.write_run_info(run_dir, status="finished", final_metrics=final)
+    if main:
+        runs.write_run_info(run_dir, status="finished", final_metrics=final)
     return run_dir
 
 
@@ -136,31 +175,51 @@ def load_predictor(run_dir: str | Path, checkpoint: str = "best", score_thresh: 
     return predictor
 
 
-def images_to_predict(images: str | Path) -> list[tuple[int, Path]]:
-    """(image_id, path) pairs from a test.json (ids from it) or a folder of images (ids 1..N by name)."""
+def images_to_predict(images: str | Path, image_dir: str | Path | None = None) -> tuple[list[tuple[int, Path]], Path]:
+    """(image_id, path) pairs and the JSON their ids come from.
+
+    ``images`` is a test.json (ids from it; images in ``image_dir``, else its conventional folder) or a
+    folder of images with the test.json that lists them beside it or above it. A bare folder is
+    refused: the grader matches predictions by the ids in test.json, so numbering files 1..N would
+    score zero.
+    """
     images = Path(images)
-    if images.is_file():
-        split = data.load_split(images, image_dir=images.parent / data.TEST_IMAGES if images.name == data.TEST_JSON
-                                else None, check_images=False)
-        return [(img["id"], split.image_path(img)) for img in split.images]
     if images.is_dir():
-        files = sorted(p for p in images.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
-        if not files:
-            raise DataError(f"no .jpg/.png images in {images}")
-        return list(enumerate(files, start=1))
-    raise DataError(f"{images}: neither a test.json nor a folder of images")
+        listing = [p for p in (images / data.TEST_JSON, images.parent / data.TEST_JSON) if p.is_file()]
+        if not listing:
+            raise DataError(f"{images}: a folder of images has no image ids; pass the test.json that lists them "
+                            f"(--images test.json, with --image-dir {images} when the images are elsewhere)")
+        json_path = listing[0]
+        if image_dir is None and json_path.parent != images:
+            image_dir = images
+    elif images.is_file():
+        json_path = images
+    elif images.name == data.TEST_JSON:
+        raise DataError(f"no {data.TEST_JSON} in {images.parent}: a data root needs the grader's test.json "
+                        "(its images and categories) to predict for the leaderboard")
+    else:
+        raise DataError(f"{images}: no such file or folder (a test.json, or the folder that holds it)")
+    if image_dir is None and json_path.name == data.TEST_JSON:
+        image_dir = json_path.parent / data.TEST_IMAGES
+    split = data.load_split(json_path, image_dir=Path(image_dir) if image_dir else None, check_images=False)
+    pairs = [(img["id"], split.image_path(img)) for img in split.images]
+    missing = [str(p) for _, p in pairs if not p.is_file()]
+    if missing:
+        raise DataError(f"{json_path}: {len(missing)} of its {len(pairs)} images are missing, e.g. {missing[0]}")
+    return pairs, json_path
 
 
 def predict(run_dir: str | Path, images: str | Path, out: str | Path, checkpoint: str = "best",
-            score_thresh: float | None = None, progress: bool = True, device: str | None = None) -> dict:
-    """Predict images with a trained run and write a submission file; returns its validation summary
-    (when ``images`` is a test.json) plus timing."""
+            score_thresh: float | None = None, progress: bool = True, device: str | None = None,
+            image_dir: str | Path | None = None) -> dict:
+    """Predict the images a test.json lists with a trained run and write a submission file; returns
+    its validation summary (against that test.json, as the grader reads it) plus timing."""
     import time
 
     from .submission import instances_to_results, validate_submission, write_submission
 
+    pairs, json_path = images_to_predict(images, image_dir)
     predictor = load_predictor(run_dir, checkpoint, score_thresh, device)
-    pairs = images_to_predict(images)
     ids = {p: i for i, p in pairs}
     results: list[dict] = []
     start = time.perf_counter()
@@ -170,8 +229,7 @@ def predict(run_dir: str | Path, images: str | Path, out: str | Path, checkpoint
     write_submission(out, results)
     summary = {"submission": str(out), "images": len(pairs), "detections": len(results),
                "seconds_per_image": seconds / max(len(pairs), 1)}
-    if Path(images).is_file():
-        summary["validation"] = validate_submission(images, out)
+    summary["validation"] = validate_submission(json_path, out)
     return summary
 
 

@@ -3,8 +3,9 @@
     python -m helpers run-notebooks --profile demo
     python -m helpers run-notebooks --profile homework --data /path/to/tinyvoc -p engine torchvision
 
-A profile (``configs/profiles/NAME.yaml``) holds the parameters injected into every notebook's
-``parameters`` cell plus per-notebook ones. Everything a run makes goes under ``runs/<run_name>/``:
+A profile (``configs/profiles/NAME.yaml``) holds the course settings (data root, engine, config,
+overrides) and per-notebook ones; the run's course file (see :mod:`helpers.course`) carries them to
+every notebook. Everything a run makes goes under ``runs/<run_name>/``:
 executed notebooks, split files, run folders, submission, figures. Re-running skips finished
 training and resumes unfinished training (the notebooks call the same resumable helpers).
 """
@@ -19,8 +20,9 @@ from typing import Any, Iterable
 
 import yaml
 
+from . import course
 from .errors import ConfigError, HelpersError
-from .paths import CONFIGS, NOTEBOOKS, PROJECT_ROOT, RUNS, resolve
+from .paths import NOTEBOOKS, PROJECT_ROOT, RUNS, resolve
 
 NOTEBOOK_ORDER = [
     "01_data_exploration",
@@ -31,36 +33,6 @@ NOTEBOOK_ORDER = [
 ]
 
 
-def profile_path(profile: str | Path) -> Path:
-    """A profile name (``demo``) or a path to a profile YAML."""
-    path = Path(profile)
-    if path.suffix not in {".yaml", ".yml"}:
-        path = CONFIGS / "profiles" / f"{profile}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (CONFIGS / "profiles").glob("*.yaml"))
-        raise ConfigError(f"no profile {profile!r} (known: {', '.join(known)})")
-    return path
-
-
-def load_profile(profile: str | Path, params_file: str | Path | None = None,
-                 params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The profile, plus a parameters YAML file and ``-p`` values under ``"explicit"``: those win over
-    both the profile's common and its per-notebook parameters (the ``-p`` values last)."""
-    path = profile_path(profile)
-    prof = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    prof.setdefault("parameters", {})
-    prof.setdefault("notebooks", {})
-    prof.setdefault("run_name", path.stem)
-    prof["explicit"] = {}
-    if params_file:
-        extra = yaml.safe_load(Path(params_file).read_text(encoding="utf-8")) or {}
-        if not isinstance(extra, dict):
-            raise ConfigError(f"{params_file}: a parameters file must be a mapping")
-        prof["explicit"].update(extra)
-    prof["explicit"].update(params or {})
-    return prof
-
-
 def parse_param(text: str) -> Any:
     """A ``-p NAME VALUE`` value as YAML (numbers, booleans, lists, mappings), else the string."""
     try:
@@ -69,10 +41,38 @@ def parse_param(text: str) -> Any:
         return text
 
 
-def notebook_parameters(prof: dict[str, Any], notebook: str, run_root: Path) -> dict[str, Any]:
-    """What papermill injects into one notebook."""
-    return {**prof["parameters"], **(prof["notebooks"].get(notebook) or {}), **prof["explicit"],
-            "run_root": str(run_root)}
+def declared_parameters(notebook: str) -> set[str]:
+    """The names a notebook's ``parameters`` cell declares."""
+    import ast
+    import json
+
+    cells = json.loads((NOTEBOOKS / f"{notebook}.ipynb").read_text(encoding="utf-8"))["cells"]
+    names: set[str] = set()
+    for cell in cells:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            for node in ast.parse("".join(cell["source"])).body:
+                if isinstance(node, ast.Assign):
+                    names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+    return names
+
+
+def read_params_file(path: str | Path) -> dict[str, Any]:
+    """A ``-f params.yaml`` file: a mapping of parameter names to values."""
+    path = Path(path)
+    try:
+        extra = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, ValueError) as e:
+        raise ConfigError(f"{path}: cannot read the parameters file: {str(e).splitlines()[0]}") from None
+    if not isinstance(extra, dict):
+        raise ConfigError(f"{path}: a parameters file must be a mapping")
+    return extra
+
+
+def notebook_parameters(notebook: str, settings: Path, explicit: dict[str, Any]) -> dict[str, Any]:
+    """What papermill injects into one notebook: the course file, and the explicit values that this
+    notebook declares in its parameters cell (everything else reaches it through the course file)."""
+    declared = declared_parameters(notebook)
+    return {"settings": str(settings), **{k: v for k, v in explicit.items() if k in declared}}
 
 
 def run_notebooks(
@@ -89,21 +89,28 @@ def run_notebooks(
 ) -> Path:
     """Execute the notebooks in order under a profile; returns ``runs_dir/<run_name>``.
 
-    The report is rebuilt into ``report_dir`` (default: the project's ``report/``) afterwards when
-    the profile asks for it and all notebooks ran.
+    Writes the run's course file (``<run root>/course.yaml``: the profile, plus the parameters file,
+    ``-p`` values and ``data_root``) and points every notebook at it. The report is rebuilt into
+    ``report_dir`` (default: the project's ``report/``) afterwards when the profile asks for it and
+    all notebooks ran.
     """
     import os
 
     import papermill as pm
 
     os.environ["HELPERS_HEADLESS"] = "1"  # the kernels inherit it: viz.browser draws static figures
-    prof = load_profile(profile, params_file, params)
+    prof = course.load_profile(profile)
+    explicit = {**(read_params_file(params_file) if params_file else {}), **(params or {})}
     if data_root:
-        prof["explicit"]["data_root"] = str(resolve(data_root))
+        explicit["data_root"] = str(resolve(data_root))
     run_root = Path(runs_dir) / (run_name or prof["run_name"])
+    selected = [nb for nb in NOTEBOOK_ORDER if not only or any(nb.startswith(o) for o in only)]
+    if not selected:
+        raise ConfigError(f"--only {' '.join(only or [])} matches none of {', '.join(NOTEBOOK_ORDER)}")
+    settings = course.write_course_file(run_root / "course.yaml", prof["path"], **{**explicit, "run_root": str(run_root)})
+    course.load(settings, quiet=True)  # refuse bad settings before any notebook starts
     out_dir = run_root / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    selected = [nb for nb in NOTEBOOK_ORDER if not only or any(nb.startswith(o) for o in only)]
     for nb in selected:
         started = time.perf_counter()
         print(f"== {nb}", flush=True)
@@ -111,10 +118,14 @@ def run_notebooks(
             pm.execute_notebook(
                 str(NOTEBOOKS / f"{nb}.ipynb"),
                 str(out_dir / f"{nb}.ipynb"),
-                parameters=notebook_parameters(prof, nb, run_root),
+                parameters=notebook_parameters(nb, settings, explicit),
                 cwd=str(NOTEBOOKS),
                 kernel_name="python3",
-                log_output=log_output,
+                # --log-output: the cells' printed text (the progress lines) straight to this process's
+                # stdout/stderr, as it comes; papermill's own log_output goes through `logging`, which
+                # nothing configures here, so it showed nothing
+                stdout_file=sys.stdout if log_output else None,
+                stderr_file=sys.stderr if log_output else None,
                 progress_bar=not log_output,
             )
         except pm.PapermillExecutionError as e:

@@ -279,3 +279,16 @@ def test_architecture_matches_the_torchvision_engines_stages(project_root, demo_
     assert shapes["fpn.p2"][1] == cfg["MODEL.FPN.OUT_CHANNELS"]
     assert shapes["roi_heads.mask_predictor"][1:] == [len(split.categories), 28, 28]  # class-specific, no background
     assert shapes["output.masks"][1:] == list(image.shape[:2])
+
+
+@needs_detectron2
+def test_build_optimizer_is_detectron2s_with_its_weight_decay_groups(project_root, demo_root):
+    """detectron2's own build_optimizer over the config: weights, biases and norms get their decays."""
+    from helpers import concepts
+
+    cfg = load_config(project_root / "configs" / "demo.yaml", {"SOLVER.WEIGHT_DECAY": 1e-4, "SOLVER.WEIGHT_DECAY_BIAS": 0.01,
+                                                               "SOLVER.WEIGHT_DECAY_NORM": 0.0})
+    categories = data.load_split(demo_root / data.TEST_JSON, check_images=False).categories
+    groups = concepts.optimizer_groups(d2e.build_optimizer(cfg, categories))
+    assert sorted({g["weight_decay"] for g in groups}) == [0.0, 1e-4, 0.01]
+    assert sum(g["values"] for g in groups) > 1_000_000

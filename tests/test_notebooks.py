@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,7 @@ def test_all_notebooks_run_headless_in_order_and_the_report_builds(demo_root, tm
             "MODEL.ROI_HEADS.SCORE_THRESH_TEST": 0.0}
     run_root = pipeline.run_notebooks(
         "demo", data_root=demo_root, run_name="nbtest", runs_dir=tmp_path / "runs", report_dir=tmp_path / "report",
-        params={"overrides": tiny, "ablation_overrides": {}, "make_demo_data": False},
+        params={"overrides": tiny, "ablation_overrides": {}, "make_demo_data": False, "solutions": True},
         report=True,
     )
     for name in NOTEBOOK_ORDER:
@@ -93,6 +94,20 @@ def test_all_notebooks_run_headless_in_order_and_the_report_builds(demo_root, tm
     for fig in ["01_dataset_stats", "01_samples", "02_training_curves", "03_ablation", "05_predictions",
                 "05_gt_vs_pred", "05_per_class_ap50", "05_pr_curves", "05_worst_images"]:
         assert _is_png(run_root / "figures" / f"{fig}.png"), fig
+    # 05: the error analysis, its figures
+    analysis = json.loads((run_root / "error_analysis.json").read_text())
+    assert set(analysis["errors"]) == {"classification", "localisation", "both", "duplicate", "background", "missed"}
+    assert analysis["metric"] == "mask mAP@0.5 (segm AP50)" and "confusion" in analysis
+    for fig in ["02_lr_schedule", "05_error_breakdown", "05_confusion_matrix"]:
+        assert _is_png(run_root / "figures" / f"{fig}.png"), fig
+    # every exercise ran its check with the filled-in solution, and it was right
+    from helpers import exercises
+
+    for name in NOTEBOOK_ORDER:
+        text = "".join(o.get("text", "") for c in _cells(run_root / "notebooks" / f"{name}.ipynb")
+                       if c["cell_type"] == "code" for o in c.get("outputs", []))
+        for ex in exercises.names(name):
+            assert f"[{ex}] correct" in text, (name, ex)
     # the report
     report = tmp_path / "report"
     assert (report / "report.md").is_file()
@@ -100,3 +115,38 @@ def test_all_notebooks_run_headless_in_order_and_the_report_builds(demo_root, tm
                 "fig6_ablation_chart", "fig7_ablation_curves", "fig8_training_curves", "fig9_comparison"]:
         assert _is_png(report / "figures" / f"{png}.png"), png
         assert f"figures/{png}.png" in (report / "report.md").read_text()
+
+
+def test_a_notebook_opened_alone_names_the_one_to_run_first(tmp_path, monkeypatch):
+    """04 on a fresh course (no trained model): its first call stops with one error line naming 02,
+    not a traceback; 02 opened alone makes the demo data and the split itself (tests/test_course.py)."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    from helpers import course
+
+    settings = course.write_course_file(tmp_path / "course.yaml", "demo", data_root=str(tmp_path / "demo"),
+                                        run_root=str(tmp_path / "run"))
+    nb = nbformat.read(NOTEBOOKS / "04_inference.ipynb", as_version=4)
+    env = {**os.environ, course.ENV_FILE: str(settings)}
+    with pytest.raises(CellExecutionError):
+        NotebookClient(nb, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(NOTEBOOKS)}}).execute(env=env)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
+    assert len(errors) == 1 and errors[0].ename == "HelpersError"
+    assert errors[0].traceback == [f"error: {tmp_path / 'run' / 'train'} does not exist yet: run 02_training first "
+                                   f"(same course settings, {settings})"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_FILES, ids=lambda p: p.stem)
+def test_every_notebook_has_its_exercises_checked_and_a_summary(path):
+    from helpers import exercises
+
+    source = "\n".join("".join(c["source"]) for c in _cells(path))
+    names = exercises.names(path.stem)
+    assert len(names) >= 3
+    for name in names:
+        assert f'exercises.check("{name}", answer, fill=solutions' in source, name
+    assert "Why it matters" in "".join(_cells(path)[0]["source"])
+    assert "## Summary" in source and "**Try next:**" in source

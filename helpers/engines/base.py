@@ -43,18 +43,16 @@ class Predictor:
     def predict_paths(self, paths: Iterable[str | Path], batch_size: int = 1, progress: bool = True,
                       desc: str = "predict") -> Iterator[tuple[Path, Instances]]:
         """Yield (path, instances) for image files, reading each image once."""
-        from tqdm.auto import tqdm
-
         from ..data import read_image
+        from ..progress import Progress
 
         paths = [Path(p) for p in paths]
-        bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress)
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
-            for path, inst in zip(chunk, self([read_image(p) for p in chunk])):
-                yield path, inst
-            bar.update(len(chunk))
-        bar.close()
+        with Progress(len(paths), desc, unit="img", enabled=progress) as bar:
+            for start in range(0, len(paths), batch_size):
+                chunk = paths[start:start + batch_size]
+                for path, inst in zip(chunk, self([read_image(p) for p in chunk])):
+                    yield path, inst
+                bar.update(len(chunk))
 
 
 def predict_split(predictor: Predictor, split, progress: bool = False) -> list[dict]:
@@ -80,6 +78,14 @@ def evaluate_on_split(predictor: Predictor, split_json: Path, progress: bool = F
         metrics = evaluate(split.coco, results, iou_type=iou_type)
         flat.update({f"{iou_type}/{k}": float(metrics[k]) for k in METRIC_NAMES})
     return flat
+
+
+def eval_line(iteration: int, row: dict) -> str:
+    """One progress line for a val evaluation: the leaderboard's metric first, AP@[.5:.95] beside it."""
+    parts = [f"iteration {iteration + 1}: val mask mAP@0.5 (segm AP50) {row['segm/AP50']!r}"]
+    parts += [f"{label} {row[key]!r}" for key, label in (("segm/AP", "segm AP@[.5:.95]"), ("bbox/AP50", "bbox AP50"))
+              if key in row]
+    return ", ".join(parts)
 
 
 # Tags that keep the per-iteration random streams apart: which batch, torch's RNG (RPN/ROI sampling,

@@ -156,6 +156,21 @@ def load_predictor(cfg: Config, checkpoint: Path, categories: list[dict]) -> bas
     return _predictor(model.eval(), node, categories)
 
 
+def build_optimizer(cfg: Config, categories: list[dict]):
+    """detectron2's own optimizer (``detectron2.solver.build_optimizer``) over a random-init model of
+    ``cfg``: its parameter groups are what weight decay acts on (for the course to read)."""
+    from detectron2.modeling import build_model
+    from detectron2.solver import build_optimizer as d2_build_optimizer
+
+    cfg = cfg.copy()
+    base.trainable_norm_for_random_init(cfg)  # what training would use; the weights are not loaded here
+    if cfg["MODEL.RESNETS.DEPTH"] in (18, 34):
+        cfg["MODEL.RESNETS.RES2_OUT_CHANNELS"] = 64
+    cfg.merge({"MODEL.DEVICE": "cpu", "MODEL.WEIGHTS": "", "MODEL.ROI_HEADS.NUM_CLASSES": len(categories)})
+    node = detectron2_config(cfg)
+    return d2_build_optimizer(node, build_model(node))
+
+
 def architecture(cfg: Config, categories: list[dict], image: np.ndarray) -> list[dict]:
     """Stages and tensor shapes of one eval-mode forward pass of a random-init model, in pipeline order.
 
@@ -475,18 +490,18 @@ class _Evaluate:
 
 
 class _ProgressBar:
-    """A tqdm bar over the iterations, with the latest total loss."""
+    """helpers.progress over the iterations: the bar, and text lines with the latest losses and lr."""
 
     def before_train(self):
-        from tqdm.auto import tqdm
+        from ..progress import Progress
 
-        self.bar = tqdm(total=self.trainer.max_iter, initial=self.trainer.start_iter, desc="train", unit="it")
+        self.bar = Progress(self.trainer.max_iter, "train", initial=self.trainer.start_iter)
 
     def after_step(self):
-        loss = self.trainer.storage.latest().get("total_loss")
-        if loss is not None:
-            self.bar.set_postfix(loss=f"{loss[0]:.3f}", refresh=False)
-        self.bar.update()
+        latest = {k: v[0] for k, v in self.trainer.storage.latest().items()}
+        self.bar.update(**{k: float(v) for k, v in latest.items() if k.startswith("loss") or k in ("total_loss", "lr")})
+        if "segm/AP50" in latest and self.trainer.storage.latest()["segm/AP50"][1] == self.trainer.iter:
+            self.bar.note(base.eval_line(self.trainer.iter, latest))
 
     def after_train(self):
         self.bar.close()

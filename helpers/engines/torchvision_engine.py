@@ -114,6 +114,13 @@ def load_predictor(cfg: Config, checkpoint: Path, categories: list[dict]) -> bas
     return _predictor(model, cfg, categories, device)
 
 
+def build_optimizer(cfg: Config, categories: list[dict]) -> torch.optim.Optimizer:
+    """The SGD optimizer training would use, over a random-init model of ``cfg``: its parameter
+    groups are what weight decay acts on (for the course to read, not to train with)."""
+    cfg = prepare_config(cfg.copy())
+    return _optimizer(cfg, build_model(cfg, len(categories), load_weights=False))
+
+
 def architecture(cfg: Config, categories: list[dict], image: np.ndarray) -> list[dict]:
     """Stages and tensor shapes of one eval-mode forward pass of a random-init model, in pipeline order.
 
@@ -654,12 +661,12 @@ class _Trainer:
                                            prefetch_factor=2 if workers else None)
 
     def _loop(self, start: int, progress: bool) -> None:
-        from tqdm.auto import tqdm
+        from ..progress import Progress
 
         main = self.ctx.is_main
         metrics = runs.MetricsLog(self.run_dir, start) if main else None
         writer = _summary_writer(self.run_dir, start) if main else None
-        bar = tqdm(total=self.max_iter, initial=start, desc="train", unit="it", disable=not (progress and main))
+        bar = Progress(self.max_iter, "train", initial=start, enabled=progress and main)
         self.model.train()
         try:
             batches = iter(self._loader(start))
@@ -670,9 +677,10 @@ class _Trainer:
                 data_time = time.perf_counter() - tic
                 row = {"iteration": it, **self._step(it, images, targets)}
                 row.update(time=time.perf_counter() - tic, data_time=data_time)
-                bar.set_postfix(loss=f"{row['total_loss']:.3f}", lr=f"{row['lr']:.2g}", refresh=False)
-                bar.update()
                 self._after_step(it, row, metrics, writer)
+                bar.update(**{k: v for k, v in row.items() if k.startswith("loss") or k in ("total_loss", "lr")})
+                if any(k.startswith("segm/") for k in row):
+                    bar.note(base.eval_line(it, row))
         finally:
             bar.close()
             if main:
