@@ -376,6 +376,14 @@ def _text_table(cols: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(cols)] + [line(r) for r in rows])
 
 
+def format_decay(entries: list[dict]) -> str:
+    """The lr·λ·T arithmetic of a :func:`plan`'s variants (from each variant's resolved config), as text."""
+    cfgs: dict[str, Any] = {}
+    for e in entries:
+        cfgs.setdefault(e["variant"], e["cfg"])
+    return _text_table(*decay_table({"decay": [{"variant": n, **decay_arithmetic(c)} for n, c in cfgs.items()]}))
+
+
 def format_table(results: dict) -> str:
     """The ablation as text: per-variant summary, the verdicts, then the decay arithmetic."""
     if not results or not results.get("summary"):

@@ -179,6 +179,17 @@ def record_best(run_dir: Path, iteration: int, value: float, key: str = DEFAULT_
     write_json(Path(run_dir) / BEST_INFO, {"iteration": iteration, "metric": key, "value": value}, indent=2)
 
 
+def format_best(run_dir: Path) -> str:
+    """Which val metric chose model_best.pth, its value and iteration, in one line."""
+    from .evaluate import metric_label
+
+    best = read_best(run_dir)
+    if best is None:
+        return "no best checkpoint: no val evaluation recorded (predictions use model_final.pth)"
+    return (f"model_best.pth: val {metric_label(best['metric'])} {best['value']:.4f} at iteration "
+            f"{best['iteration'] + 1} (chosen by TEST.BEST_METRIC {best['metric']})")
+
+
 def eval_rows(rows: Iterable[dict]) -> list[dict]:
     """The metrics rows that carry val evaluation results."""
     return [r for r in rows if any(k.startswith(("segm/", "bbox/")) for k in r)]

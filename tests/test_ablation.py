@@ -156,3 +156,10 @@ def test_plan_refuses_an_ablation_without_a_val_split_and_duplicate_seeds(demo_r
         ablation.plan(CONFIGS / "demo.yaml", variants, tmp_path / "a", overrides={"DATASETS.VAL_FRACTION": 0.0}, **kw)
     with pytest.raises(ConfigError, match="distinct"):
         ablation.plan(CONFIGS / "demo.yaml", variants, tmp_path / "a", seeds=[1, 1], **kw)
+
+
+def test_format_best_names_the_metric(tmp_path):
+    assert "no best checkpoint" in runs.format_best(tmp_path)
+    runs.record_best(tmp_path, 299, 0.8530573)
+    assert runs.format_best(tmp_path) == ("model_best.pth: val mask mAP@0.5 (segm AP50) 0.8531 at iteration 300 "
+                                          "(chosen by TEST.BEST_METRIC segm/AP50)")
