@@ -32,7 +32,8 @@ IMAGENET = "imagenet"  # MODEL.WEIGHTS value: the engine library's own ImageNet-
 
 # The values of detectron2's ``mask_rcnn_R_50_FPN_3x.yaml`` (through Base-RCNN-FPN.yaml and
 # detectron2/config/defaults.py) for every key this package reads.  Our own keys are under
-# DATASETS (ROOT, VAL_FRACTION, SPLIT_SEED): detectron2 projects extend the config the same way.
+# DATASETS (ROOT, VAL_FRACTION, SPLIT_SEED) and TEST.BEST_METRIC: detectron2 projects extend the config the
+# same way.
 DEFAULTS: dict[str, Any] = {
     "MODEL": {
         "DEVICE": "cuda",
@@ -103,7 +104,7 @@ DEFAULTS: dict[str, Any] = {
         "TRAIN": ["coco_2017_train"],
         "TEST": ["coco_2017_val"],
         "ROOT": "",  # ours: the data root in the Tiny VOC layout
-        "VAL_FRACTION": 0.1,  # ours: share of annotated images held out for validation
+        "VAL_FRACTION": 0.1,  # ours: share of annotated images held out for validation (0: train on all, no val)
         "SPLIT_SEED": 0,  # ours: seed of the class-stratified train/val split
     },
     "DATALOADER": {"NUM_WORKERS": 4, "ASPECT_RATIO_GROUPING": True, "FILTER_EMPTY_ANNOTATIONS": True},
@@ -127,7 +128,11 @@ DEFAULTS: dict[str, Any] = {
         "AMP": {"ENABLED": False},
         "CLIP_GRADIENTS": {"ENABLED": False, "CLIP_TYPE": "value", "CLIP_VALUE": 1.0, "NORM_TYPE": 2.0},
     },
-    "TEST": {"EVAL_PERIOD": 0, "DETECTIONS_PER_IMAGE": 100},
+    "TEST": {
+        "EVAL_PERIOD": 0,
+        "DETECTIONS_PER_IMAGE": 100,
+        "BEST_METRIC": "segm/AP50",  # ours: the val metric that picks model_best.pth (the leaderboard's)
+    },
     "OUTPUT_DIR": "./output",
     "SEED": -1,
     "CUDNN_BENCHMARK": False,

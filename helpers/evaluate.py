@@ -40,6 +40,24 @@ _METRIC_MEANINGS = {
 }
 _AREA_ALL, _MAX_DETS_LAST = 0, -1  # indices into COCOeval's area ranges and maxDets
 
+# The leaderboard's metric is mask AP at IoU 0.5 (COCOeval segm stats[1]); AP@[.5:.95] is another number
+# and never goes under its name.
+HEADLINE = "segm/AP50"
+HEADLINE_LABEL = "mask mAP@0.5 (segm AP50)"
+METRIC_LABELS = {
+    "segm/AP50": HEADLINE_LABEL,
+    "segm/AP": "mask AP@[.5:.95] (segm AP)",
+    "segm/AP75": "mask AP@0.75 (segm AP75)",
+    "bbox/AP50": "box mAP@0.5 (bbox AP50)",
+    "bbox/AP": "box AP@[.5:.95] (bbox AP)",
+    "bbox/AP75": "box AP@0.75 (bbox AP75)",
+}
+
+
+def metric_label(key: str) -> str:
+    """The one name a metric key ("segm/AP50", "bbox/AP"...) goes by in tables, figures and text."""
+    return METRIC_LABELS.get(key, key)
+
 
 # --------------------------------------------------------------------------- public API
 
@@ -113,6 +131,9 @@ def format_table(metrics: dict, title: str | None = None) -> str:
     lines = [title or f"{metrics.get('iou_type', '')} metrics".strip()]
     if "num_images" in metrics:
         lines[0] += f" ({metrics['num_images']} images, {metrics['num_detections']} detections)"
+    if metrics.get("iou_type") == "segm":
+        lines.append(f"  {HEADLINE_LABEL}: {metrics['AP50']:.4f}  (the leaderboard's metric; "
+                     f"{METRIC_LABELS['segm/AP']}: {metrics['AP']:.4f})")
     lines += [f"  {name:<6} {_cell(metrics[name])}   {_METRIC_MEANINGS[name]}" for name in METRIC_NAMES]
     per_class = metrics.get("per_class", {})
     if per_class:

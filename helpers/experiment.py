@@ -80,6 +80,7 @@ def setup_run(
     cfg = config.copy().merge(overrides) if isinstance(config, Config) else load_config(config, overrides)
     cfg.check_engine(engine)
     cfg = get_engine(engine).prepare_config(cfg)
+    runs.best_metric(cfg)  # TEST.BEST_METRIC names a val metric
     root = resolve_data_root(cfg, data_root)
     run_dir = Path(run_dir or cfg["OUTPUT_DIR"]).expanduser().resolve()
     main = process_rank() == 0
@@ -95,6 +96,12 @@ def setup_run(
     cfg["DATASETS.ROOT"] = str(root)
     cfg["OUTPUT_DIR"] = str(run_dir)
     return cfg, splits, run_dir
+
+
+def trains_on_all(cfg: Config) -> bool:
+    """DATASETS.VAL_FRACTION 0: every annotated image trains, there is no val split and nothing is evaluated
+    (the final submission, with the schedule chosen on the split)."""
+    return cfg["DATASETS.VAL_FRACTION"] <= 0
 
 
 def train(
@@ -148,8 +155,12 @@ def load_run(run_dir: str | Path) -> tuple[Config, dict]:
 
 
 def load_predictor(run_dir: str | Path, checkpoint: str = "best", score_thresh: float | None = None,
-                   device: str | None = None):
-    """A :class:`helpers.engines.base.Predictor` for a trained run's checkpoint."""
+                   device: str | None = None, swap_channels: bool = False):
+    """A :class:`helpers.engines.base.Predictor` for a trained run's checkpoint.
+
+    ``swap_channels``: feed the model the channel order opposite to the one it was trained with
+    (what the homework did: RGB into a BGR-trained detectron2 model), to measure what that costs.
+    """
     from .engines import get_engine
 
     cfg, info = load_run(run_dir)
@@ -159,7 +170,9 @@ def load_predictor(run_dir: str | Path, checkpoint: str = "best", score_thresh: 
         cfg["MODEL.DEVICE"] = device
     categories = data.load_split(info["train_split"], check_images=False).categories
     module = get_engine(info.get("engine", "torchvision"))
-    return module.load_predictor(cfg, runs.resolve_checkpoint(Path(run_dir), checkpoint), categories)
+    predictor = module.load_predictor(cfg, runs.resolve_checkpoint(Path(run_dir), checkpoint), categories)
+    predictor.swap_channels = swap_channels
+    return predictor
 
 
 def images_to_predict(images: str | Path, image_dir: str | Path | None = None) -> tuple[list[tuple[int, Path]], Path]:
@@ -239,7 +252,7 @@ def evaluate_run(run_dir: str | Path, split_json: str | Path | None = None, chec
     from .io import write_json
 
     run_dir = Path(run_dir)
-    split = data.load_split(split_json or load_run(run_dir)[1]["val_split"], check_images=False)
+    split = val_split(run_dir, split_json)
     predictor = load_predictor(run_dir, checkpoint, score_thresh)
     start = time.perf_counter()
     results = predict_split(predictor, split, progress=progress)
@@ -251,3 +264,13 @@ def evaluate_run(run_dir: str | Path, split_json: str | Path | None = None, chec
                   score_thresh=predictor.score_thresh)
     write_json(out_dir / VAL_METRICS, report, indent=2)
     return report
+
+
+def val_split(run_dir: str | Path, split_json: str | Path | None = None) -> data.Split:
+    """The split to measure a run on: ``split_json``, else the run's val split (an error for a run that
+    trained on every image: it has none)."""
+    cfg, info = load_run(run_dir)
+    if split_json is None and trains_on_all(cfg):
+        raise DataError(f"{run_dir} trained on every image (DATASETS.VAL_FRACTION 0): it has no val split to "
+                        f"measure on; measure the run trained on the split instead")
+    return data.load_split(split_json or info["val_split"], check_images=False)

@@ -6,7 +6,7 @@
     model_0002999.pth      a checkpoint every SOLVER.CHECKPOINT_PERIOD iterations
     last_checkpoint        the file name of the newest complete checkpoint
     model_final.pth        the weights at SOLVER.MAX_ITER
-    model_best.pth         the weights with the best val segm AP (best.json says which)
+    model_best.pth         the weights with the best val TEST.BEST_METRIC (segm AP50; best.json says which)
     events.out.tfevents.*  TensorBoard
 
 Both engines write through these functions, so resume, metrics and checkpoints behave the same.
@@ -146,10 +146,26 @@ class MetricsLog:
         self.close()
 
 
-def is_new_best(run_dir: Path, value: float) -> bool:
-    """True when ``value`` (val segm AP) beats the best recorded in best.json, or none is recorded."""
+DEFAULT_BEST_METRIC = "segm/AP50"  # the leaderboard's mask mAP@0.5; config key TEST.BEST_METRIC
+
+
+def best_metric(cfg) -> str:
+    """TEST.BEST_METRIC of a config, checked: a ``segm/`` or ``bbox/`` COCO metric name."""
+    from .errors import ConfigError
+    from .evaluate import METRIC_NAMES
+
+    key = cfg.get("TEST.BEST_METRIC", DEFAULT_BEST_METRIC) or DEFAULT_BEST_METRIC
+    allowed = [f"{t}/{m}" for t in ("segm", "bbox") for m in METRIC_NAMES]
+    if key not in allowed:
+        raise ConfigError(f"TEST.BEST_METRIC {key!r} is not a val metric; choose one of {', '.join(allowed)}")
+    return key
+
+
+def is_new_best(run_dir: Path, value: float, key: str = DEFAULT_BEST_METRIC) -> bool:
+    """True when ``value`` of metric ``key`` beats the best recorded in best.json, or none is recorded
+    for that metric (best.json written under another metric is replaced)."""
     best = read_best(run_dir)
-    return best is None or value > best["value"]
+    return best is None or best.get("metric") != key or value > best["value"]
 
 
 def read_best(run_dir: Path) -> dict | None:
@@ -158,8 +174,20 @@ def read_best(run_dir: Path) -> dict | None:
     return json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else None
 
 
-def record_best(run_dir: Path, iteration: int, value: float, key: str = "segm/AP") -> None:
+def record_best(run_dir: Path, iteration: int, value: float, key: str = DEFAULT_BEST_METRIC) -> None:
+    """best.json names the metric that chose model_best.pth, its value and the iteration."""
     write_json(Path(run_dir) / BEST_INFO, {"iteration": iteration, "metric": key, "value": value}, indent=2)
+
+
+def format_best(run_dir: Path) -> str:
+    """Which val metric chose model_best.pth, its value and iteration, in one line."""
+    from .evaluate import metric_label
+
+    best = read_best(run_dir)
+    if best is None:
+        return "no best checkpoint: no val evaluation recorded (predictions use model_final.pth)"
+    return (f"model_best.pth: val {metric_label(best['metric'])} {best['value']:.4f} at iteration "
+            f"{best['iteration'] + 1} (chosen by TEST.BEST_METRIC {best['metric']})")
 
 
 def eval_rows(rows: Iterable[dict]) -> list[dict]:

@@ -24,10 +24,10 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch
 from PIL import Image, ImageDraw, ImageFont
 
 from . import data
+from .evaluate import HEADLINE, metric_label
 from .instances import Instances
 from .io import atomic_write
 
@@ -490,7 +490,7 @@ def _plot_val_metrics(ax, rows: Sequence[dict]) -> None:
     for key, (color, linestyle) in styles.items():
         x, y = _series(rows, key)
         if len(x):
-            ax.plot(x, y, color=color, linestyle=linestyle, marker="o", markersize=4, label=key)
+            ax.plot(x, y, color=color, linestyle=linestyle, marker="o", markersize=4, label=metric_label(key))
             plotted = True
     if not plotted:
         _message(ax, "no validation evaluations logged")
@@ -570,7 +570,8 @@ def plot_per_class_ap(metrics: dict, metric: str = "AP50") -> Figure:
     fig, axes = _figure(figsize=(9, 1.4 + 0.32 * max(len(valid), 1)))
     ax = axes[0, 0]
     iou_type = metrics.get("iou_type", "")
-    ax.set_title(f"{iou_type} {metric} per class ({_AP_IOU.get(metric, metric)})".strip())
+    ax.set_title(f"{metric_label(f'{iou_type}/{metric}')} per class".strip() if iou_type else
+                 f"{metric} per class ({_AP_IOU.get(metric, metric)})")
     if not valid:
         _message(ax, "no class has ground truth")
         return fig
@@ -617,13 +618,13 @@ def plot_pr_curves(pr: dict, iou: float = 0.5, cols: int = 5) -> Figure:
     return fig
 
 
-def plot_eval_curves(curves: dict[str, Sequence[dict]], metrics: Sequence[str] = ("segm/AP", "segm/AP50")) -> Figure:
+def plot_eval_curves(curves: dict[str, Sequence[dict]], metrics: Sequence[str] = (HEADLINE, "segm/AP")) -> Figure:
     """Validation metrics against iteration, one line per run: ``curves`` maps a run's name (e.g. an
     ablation variant) to its metrics rows (:func:`helpers.runs.eval_rows`); one panel per metric."""
     fig, axes = _figure(1, len(metrics), figsize=(6.2 * len(metrics), 4.4))
     palette = plt.get_cmap("tab10")
     for ax, metric in zip(axes[0], metrics):
-        ax.set_title(f"Validation {metric}")
+        ax.set_title(f"Validation {metric_label(metric)}")
         for k, (name, rows) in enumerate(curves.items()):
             x, y = _series(rows, metric)
             if len(x):
@@ -632,7 +633,7 @@ def plot_eval_curves(curves: dict[str, Sequence[dict]], metrics: Sequence[str] =
             _message(ax, f"no {metric} logged")
             continue
         ax.set_xlabel("iteration")
-        ax.set_ylabel(metric)
+        ax.set_ylabel(metric_label(metric))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9)
     return fig
@@ -693,37 +694,75 @@ def _variant_label(row: dict) -> str:
     return row["variant"] + ("\n" + ", ".join(settings) if settings else "")
 
 
-def plot_ablation(rows: Sequence[dict], reference_rows: Sequence[dict] | None = None,
-                  metric: str = "segm/AP") -> Figure:
-    """Bars of ``metric`` per ablation variant; ``reference_rows`` (e.g. the homework's reported
-    numbers) are drawn hatched grey and marked "reported". Rows without ``metric`` are left out
-    and counted in a footnote."""
-    ours = [r for r in rows if isinstance(r.get(metric), (int, float))]
-    refs = [r for r in reference_rows or () if isinstance(r.get(metric), (int, float))]
-    skipped = len(rows) + len(reference_rows or ()) - len(ours) - len(refs)
-    bars = [(r, False) for r in ours] + [(r, True) for r in refs]
-    fig, axes = _figure(figsize=(max(6.0, 1.9 * len(bars) + 1.5), 5))
+def plot_ablation(summary: Sequence[dict], metric: str = HEADLINE, title: str | None = None) -> Figure:
+    """Each ablation variant's seeds (dots) and their mean with its t-interval (bar and error bar), from
+    the ``summary`` rows of :func:`helpers.ablation.collect` (``row[metric]`` is a
+    :func:`helpers.stats.summarize` dict). Only our runs: published numbers never share this axis."""
+    rows = [r for r in summary if (r.get(metric) or {}).get("n")]
+    fig, axes = _figure(figsize=(max(6.0, 1.9 * len(rows) + 1.5), 5))
     ax = axes[0, 0]
-    ax.set_title(f"Ablation: {metric}")
-    if not bars:
-        _message(ax, f"no rows with {metric}")
+    ax.set_title(title or f"Ablation: {metric_label(metric)} at the final checkpoint (val)")
+    if not rows:
+        _message(ax, f"no finished runs with {metric_label(metric)}")
         return fig
-    labels = [_variant_label(r) + ("\n(reported)" if ref else "") for r, ref in bars]
-    drawn = ax.bar(range(len(bars)), [r[metric] for r, _ in bars], width=0.6,
-                   color=["0.82" if ref else "tab:blue" for _, ref in bars],
-                   edgecolor=["0.4" if ref else "tab:blue" for _, ref in bars])
-    for patch, (_, ref) in zip(drawn, bars):
-        patch.set_hatch("//" if ref else None)
-    ax.bar_label(drawn, fmt="%.4f", padding=3, fontsize=9)
-    ax.set_xticks(range(len(bars)), labels, fontsize=9)
-    ax.set_ylabel(metric)
-    ax.set_ylim(0, max([r[metric] for r, _ in bars] + [0.01]) * 1.18)
-    if refs:
-        ax.legend(handles=[Patch(color="tab:blue", label="our runs"),
-                           Patch(facecolor="0.82", edgecolor="0.4", hatch="//", label="reported by the homework")],
-                  fontsize=9, loc="upper left")
-    if skipped:
-        ax.set_xlabel(f"({skipped} row(s) without {metric} not shown)", fontsize=8, color="0.35")
+    means = [r[metric]["mean"] for r in rows]
+    errors = [r[metric]["half_width"] or 0.0 for r in rows]
+    drawn = ax.bar(range(len(rows)), means, width=0.6, color="tab:blue", alpha=0.55, edgecolor="tab:blue")
+    ax.errorbar(range(len(rows)), means, yerr=errors, fmt="none", ecolor="black", capsize=6, linewidth=1.2)
+    for k, r in enumerate(rows):
+        values = r[metric]["values"]
+        offsets = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [0.0]
+        ax.scatter([k + o for o in offsets], values, color="black", s=16, zorder=3)
+    level = f"{rows[0][metric].get('confidence', 0.95):.0%}"
+    ax.bar_label(drawn, labels=[f"{m:.4f}" for m in means], padding=3, fontsize=9, label_type="center")
+    ax.set_xticks(range(len(rows)), [_variant_label(r) + f"\nn = {r[metric]['n']}" for r in rows], fontsize=9)
+    ax.set_ylabel(metric_label(metric))
+    top = max(v for r in rows for v in r[metric]["values"] + [r[metric]["mean"] + (r[metric]["half_width"] or 0)])
+    ax.set_ylim(0, max(top * 1.15, 0.01))
+    ax.set_xlabel(f"bars: mean over seeds; error bars: {level} t-interval of the mean; dots: one run each",
+                  fontsize=8, color="0.35")
+    return fig
+
+
+def plot_channel_order(report: dict) -> Figure:
+    """Bars of :func:`helpers.inference_checks.channel_order`: each metric with the training channel order
+    and with it swapped."""
+    metrics = [HEADLINE, "segm/AP"]
+    rows = report["rows"]
+    fig, axes = _figure(figsize=(7.5, 4.4))
+    ax = axes[0, 0]
+    width = 0.38
+    for k, r in enumerate(rows):
+        label = f"fed {r['fed']} ({'as trained' if r['as_trained'] else 'swapped, as the homework did'})"
+        bars = ax.bar([m + (k - 0.5) * width for m in range(len(metrics))], [r[m] for m in metrics], width=width,
+                      color="tab:green" if r["as_trained"] else "tab:red", label=label)
+        ax.bar_label(bars, fmt="%.4f", padding=2, fontsize=9)
+    ax.set_xticks(range(len(metrics)), [metric_label(m) for m in metrics])
+    ax.set_ylim(0, max([r[m] for r in rows for m in metrics] + [0.01]) * 1.2)
+    ax.set_ylabel("val")
+    ax.set_title(f"Channel order: model trained on {report['trained_with']} ({report['engine']})")
+    ax.legend(fontsize=9, loc="upper right")
+    return fig
+
+
+def plot_threshold_sweep(report: dict) -> Figure:
+    """Both metrics against the score threshold of :func:`helpers.inference_checks.threshold_sweep`, with
+    our default and the homework's 0.5 marked."""
+    rows = report["rows"]
+    t = [r["threshold"] for r in rows]
+    fig, axes = _figure(figsize=(7.5, 4.4))
+    ax = axes[0, 0]
+    for metric, color in ((HEADLINE, "tab:green"), ("segm/AP", "tab:blue")):
+        ax.plot(t, [r[metric] for r in rows], marker="o", markersize=4, color=color, label=metric_label(metric))
+    for x, text, style in ((report["default_threshold"], f"ours ({report['default_threshold']:g})", "--"),
+                           (report["homework_threshold"], f"the homework's ({report['homework_threshold']:g})", ":")):
+        ax.axvline(x, color="0.3", linestyle=style, linewidth=1, label=text)
+    ax.set_xlabel("score threshold (detections scoring at least this are kept)")
+    ax.set_ylabel("val")
+    ax.set_ylim(0, max([r[m] for r in rows for m in (HEADLINE, "segm/AP")] + [0.01]) * 1.15)
+    ax.set_title("Score threshold against val mask AP")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
     return fig
 
 

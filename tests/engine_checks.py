@@ -28,7 +28,7 @@ def assert_run_folder_layout(run_dir: Path, extra_files: set, loss_keys: set) ->
     assert [r["iteration"] for r in runs.eval_rows(rows)] == [2, 5]
     assert {"segm/AP", "segm/AP50", "bbox/AP", "bbox/AP50"} <= rows[2].keys()
     best = json.loads((run_dir / runs.BEST_INFO).read_text())
-    assert best["iteration"] in (2, 5) and best["metric"] == "segm/AP"
+    assert best["iteration"] in (2, 5) and best["metric"] == "segm/AP50"  # TEST.BEST_METRIC default
     info = runs.read_run_info(run_dir)
     assert info["status"] == "finished" and "segm/AP" in info["final_metrics"]
     return rows

@@ -107,7 +107,7 @@ def test_every_profile_loads_and_resolves_for_every_notebook(profile, tmp_path):
         extra = c.param("ablation_overrides")
         if extra:
             load_config(c.config, {**c.overrides, **extra}).check_engine(c.engine)
-        unknown = set((prof["notebooks"].get(nb) or {})) - pipeline.declared_parameters(nb) - {"ablation_overrides"}
+        unknown = set((prof["notebooks"].get(nb) or {})) - pipeline.declared_parameters(nb) - {"ablation_overrides", "seeds", "finetune_from"}
         assert not unknown, f"{profile}: {nb} neither declares nor reads {unknown}"
     assert prof["run_name"]
 

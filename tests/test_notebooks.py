@@ -82,9 +82,21 @@ def test_all_notebooks_run_headless_in_order_and_the_report_builds(demo_root, tm
     evals = runs.eval_rows(rows)
     assert evals and all(0.0 <= r["segm/AP"] <= 1.0 and 0.0 <= r["bbox/AP50"] <= 1.0 for r in evals)
     assert runs.is_finished(run_root / "train")
-    # 03: every ablation variant
+    assert json.loads((run_root / "train" / "best.json").read_text())["metric"] == "segm/AP50"
+    # 03: the demo's variants, two seeds each, final-checkpoint metrics, verdicts, decay arithmetic
     results = json.loads((run_root / "ablation" / "results.json").read_text())
-    assert {r["variant"] for r in results} == {"no_decay", "wd_1e-4", "homework", "wd_1e-3"}
+    assert [s["variant"] for s in results["summary"]] == ["no_decay", "homework", "strong"]
+    assert all(s["segm/AP50"]["n"] == 2 and s["segm/AP50"]["half_width"] is not None for s in results["summary"])
+    assert {(r["variant"], r["seed"]) for r in results["runs"]} == {(v, s) for v in ("no_decay", "homework", "strong")
+                                                                     for s in (0, 1)}
+    assert [c["a"] for c in results["comparisons"]] == ["homework", "strong"]
+    assert all("beats" in c["verdict"] or "no difference" in c["verdict"] for c in results["comparisons"])
+    assert [d["variant"] for d in results["decay"]] == ["no_decay", "homework", "strong"]
+    # 04: the inference checks
+    order = json.loads((run_root / "channel_order.json").read_text())
+    assert [r["as_trained"] for r in order["rows"]] == [True, False] and order["trained_with"] == "RGB"
+    sweep = json.loads((run_root / "threshold_sweep.json").read_text())
+    assert {0.0, 0.05, 0.5, 0.9} <= {r["threshold"] for r in sweep["rows"]}
     # 04: a submission that validates, and val metrics
     summary = submission.validate_submission(demo_root / "test.json", run_root / "submission.json")
     assert summary["images_total"] == len(json.loads((demo_root / "test.json").read_text())["images"])
@@ -98,7 +110,8 @@ def test_all_notebooks_run_headless_in_order_and_the_report_builds(demo_root, tm
     analysis = json.loads((run_root / "error_analysis.json").read_text())
     assert set(analysis["errors"]) == {"classification", "localisation", "both", "duplicate", "background", "missed"}
     assert analysis["metric"] == "mask mAP@0.5 (segm AP50)" and "confusion" in analysis
-    for fig in ["02_lr_schedule", "05_error_breakdown", "05_confusion_matrix"]:
+    for fig in ["02_lr_schedule", "05_error_breakdown", "05_confusion_matrix", "04_channel_order",
+                "04_threshold_sweep"]:
         assert _is_png(run_root / "figures" / f"{fig}.png"), fig
     # every exercise ran its check with the filled-in solution, and it was right
     from helpers import exercises
@@ -111,10 +124,14 @@ def test_all_notebooks_run_headless_in_order_and_the_report_builds(demo_root, tm
     # the report
     report = tmp_path / "report"
     assert (report / "report.md").is_file()
+    md = (report / "report.md").read_text()
     for png in ["fig1_samples", "fig3_architecture", "fig4_hyperparameters", "fig5_ablation_table",
-                "fig6_ablation_chart", "fig7_ablation_curves", "fig8_training_curves", "fig9_comparison"]:
+                "fig5b_decay_arithmetic", "fig6_ablation_chart", "fig7_ablation_curves", "fig8_training_curves",
+                "fig9_published", "fig11_channel_order", "fig12_threshold_sweep", "fig13_val_metrics"]:
         assert _is_png(report / "figures" / f"{png}.png"), png
-        assert f"figures/{png}.png" in (report / "report.md").read_text()
+        assert f"figures/{png}.png" in md
+    assert md.startswith("# Mask R-CNN on Tiny PASCAL VOC — report of a DEMO run")
+    assert "| SOLVER.BASE_LR | 0.00025 | Figure 4 |" in md
 
 
 def test_a_notebook_opened_alone_names_the_one_to_run_first(tmp_path, monkeypatch):

@@ -188,17 +188,55 @@ def test_per_class_ap_and_pr_handle_classes_without_ground_truth(tmp_path):
     _assert_renders(viz.plot_pr_curves(pr), tmp_path)
 
 
-def test_ablation_marks_reported_rows(tmp_path):
-    rows = [{"variant": "default", "segm/AP": 0.45, "segm/AP50": 0.6, "weight_decay": 1e-4, "weight_decay_bias": 0.01},
-            {"variant": "no decay", "segm/AP": 0.43, "segm/AP50": 0.58, "weight_decay": 0.0, "weight_decay_bias": 0.0}]
-    reference = [{"variant": "homework", "segm/AP": 0.42467}, {"variant": "no number"}]
-    fig = viz.plot_ablation(rows, reference_rows=reference)
+def test_ablation_chart_shows_every_seed_and_the_interval_of_our_runs_only(tmp_path):
+    from helpers import stats
+
+    summary = [{"variant": "no_decay", "weight_decay": 0.0, "weight_decay_bias": 0.0,
+                "segm/AP50": stats.summarize([0.60, 0.62, 0.61])},
+               {"variant": "homework", "weight_decay": 1e-4, "weight_decay_bias": 0.01,
+                "segm/AP50": stats.summarize([0.58, 0.66])},
+               {"variant": "not run", "segm/AP50": stats.summarize([])}]
+    fig = viz.plot_ablation(summary)
     ax = fig.axes[0]
     labels = [t.get_text() for t in ax.get_xticklabels()]
-    assert len(labels) == 3 and "(reported)" in labels[2] and "wd 0.0001" in labels[0]
-    assert [p.get_hatch() for p in ax.patches] == [None, None, "//"]
-    assert "without segm/AP" in ax.get_xlabel()
+    assert len(labels) == 2 and "wd 0.0001" in labels[1] and "n = 3" in labels[0] and "n = 2" in labels[1]
+    assert "mask mAP@0.5 (segm AP50)" in ax.get_ylabel() and "final checkpoint" in ax.get_title()
+    dots = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections if hasattr(c, "get_offsets")
+                           and len(c.get_offsets()) in (2, 3)])
+    assert sorted(np.round(dots, 6)) == [0.58, 0.6, 0.61, 0.62, 0.66]
+    assert [round(p.get_height(), 6) for p in ax.patches] == [0.61, 0.62]
+    assert "t-interval" in ax.get_xlabel()
     _assert_renders(fig, tmp_path)
+
+
+def test_channel_order_and_threshold_sweep_figures(tmp_path):
+    order = {"engine": "detectron2", "trained_with": "BGR", "rows": [
+        {"fed": "BGR", "as_trained": True, "segm/AP50": 0.5, "segm/AP": 0.3},
+        {"fed": "RGB", "as_trained": False, "segm/AP50": 0.4, "segm/AP": 0.2}]}
+    fig = viz.plot_channel_order(order)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["mask mAP@0.5 (segm AP50)", "mask AP@[.5:.95] (segm AP)"]
+    assert sorted(round(p.get_height(), 6) for p in ax.patches) == [0.2, 0.3, 0.4, 0.5]
+    _assert_renders(fig, tmp_path)
+    sweep = {"default_threshold": 0.05, "homework_threshold": 0.5, "rows": [
+        {"threshold": t, "segm/AP50": 0.6 - t / 2, "segm/AP": 0.4 - t / 3} for t in (0.0, 0.05, 0.5, 0.9)]}
+    fig = viz.plot_threshold_sweep(sweep)
+    ax = fig.axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend[:2] == ["mask mAP@0.5 (segm AP50)", "mask AP@[.5:.95] (segm AP)"]
+    assert "ours (0.05)" in legend and "the homework's (0.5)" in legend
+    assert list(ax.lines[0].get_xdata()) == [0.0, 0.05, 0.5, 0.9]
+    _assert_renders(fig, tmp_path)
+
+
+def test_val_curves_name_the_headline_metric(tmp_path):
+    rows = [{"iteration": 1, "total_loss": 1.0, "lr": 0.1, "segm/AP": 0.2, "segm/AP50": 0.4}]
+    fig = viz.plot_training_curves(rows)
+    names = {t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()}
+    assert {"mask mAP@0.5 (segm AP50)", "mask AP@[.5:.95] (segm AP)"} <= names
+    fig = viz.plot_eval_curves({"a": rows})
+    assert [ax.get_title() for ax in fig.axes] == ["Validation mask mAP@0.5 (segm AP50)",
+                                                  "Validation mask AP@[.5:.95] (segm AP)"]
 
 
 def test_table_figure_formats_cells(tmp_path):

@@ -31,9 +31,13 @@ class Predictor:
         self.class_names = [c["name"] for c in self.categories]
         self.score_thresh = score_thresh
         self.device = device
+        # True: the model gets the channel order opposite to its training order (to measure that mistake)
+        self.swap_channels = False
 
     def __call__(self, images: Sequence[np.ndarray]) -> list[Instances]:
         """Predict a batch of RGB uint8 images."""
+        if self.swap_channels:
+            images = [np.ascontiguousarray(image[:, :, ::-1]) for image in images]
         return self._predict_fn(list(images))
 
     def predict_paths(self, paths: Iterable[str | Path], batch_size: int = 1, progress: bool = True,

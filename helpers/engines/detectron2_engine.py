@@ -55,7 +55,7 @@ from . import base
 
 
 D2_CONFIG = "detectron2_config.yaml"  # detectron2's full config dump, beside our config.yaml
-OUR_KEYS = ("DATASETS.ROOT", "DATASETS.VAL_FRACTION", "DATASETS.SPLIT_SEED")  # not detectron2's
+OUR_KEYS = ("DATASETS.ROOT", "DATASETS.VAL_FRACTION", "DATASETS.SPLIT_SEED", "TEST.BEST_METRIC")  # not detectron2's
 IMAGENET_WEIGHTS = {  # the MSRA ImageNet backbones detectron2's model zoo configs start from
     50: "detectron2://ImageNetPretrained/MSRA/R-50.pkl",
     101: "detectron2://ImageNetPretrained/MSRA/R-101.pkl",
@@ -123,7 +123,8 @@ def train(cfg: Config, splits: data.SplitPaths, run_dir: Path, resume: bool = Fa
     torch.backends.cudnn.benchmark = node.CUDNN_BENCHMARK
     _check_mask_format(node, splits.train)
     seed_all_rng(node.SEED)  # the initial weights
-    trainer = _detectron2_class(_Trainer, "detectron2.engine.DefaultTrainer")(node, start, progress)
+    trainer = _detectron2_class(_Trainer, "detectron2.engine.DefaultTrainer")(node, start, progress,
+                                                                              runs.best_metric(cfg))
     trainer.resume_or_load(resume=resume)
     if trainer.start_iter != start:
         raise EngineError(f"{run_dir}: detectron2 resumed at iteration {trainer.start_iter}, expected {start}")
@@ -222,7 +223,8 @@ def detectron2_config(cfg: Config, splits: data.SplitPaths | None = None, run_di
         base.warn_once("SOLVER.AMP.ENABLED needs CUDA: training in full precision on the CPU")
     if splits is not None:
         node.DATASETS.TRAIN = (register_split(splits.train),)
-        node.DATASETS.TEST = (register_split(splits.val),)
+        # DATASETS.VAL_FRACTION 0: every image trains, no val split to evaluate on
+        node.DATASETS.TEST = (register_split(splits.val),) if cfg["DATASETS.VAL_FRACTION"] > 0 else ()
     if run_dir is not None:
         node.OUTPUT_DIR = str(run_dir)
     return node
@@ -374,8 +376,9 @@ def _hook(mixin: type, *args) -> Any:
 class _Trainer:
     """DefaultTrainer (the base it is mixed into) with our data order, evaluation, checkpoints and hooks."""
 
-    def __init__(self, cfg, start_iter: int, progress: bool):
+    def __init__(self, cfg, start_iter: int, progress: bool, best_metric: str = runs.DEFAULT_BEST_METRIC):
         self.expected_start, self.progress = start_iter, progress  # build_* below need them
+        self.best_metric = best_metric  # TEST.BEST_METRIC (ours, not in detectron2's CfgNode)
         super().__init__(cfg)
 
     def build_train_loader(self, cfg):
@@ -423,7 +426,8 @@ class _Trainer:
         checkpointing = [h for h in built if isinstance(h, hooks.PeriodicCheckpointer)]  # main process only
         built = [h for h in built if not isinstance(h, (hooks.PeriodicCheckpointer, hooks.EvalHook))]
         built.insert(0, _hook(_SeedIteration, self.cfg.SEED))
-        built.append(_hook(_Evaluate, self.cfg.TEST.EVAL_PERIOD, Path(self.cfg.OUTPUT_DIR)))
+        if self.cfg.DATASETS.TEST:  # none when DATASETS.VAL_FRACTION is 0 (trained on every image)
+            built.append(_hook(_Evaluate, self.cfg.TEST.EVAL_PERIOD, Path(self.cfg.OUTPUT_DIR), self.best_metric))
         if comm.is_main_process():
             out = self.cfg.OUTPUT_DIR
             writers = [JSONWriter(str(Path(out) / runs.METRICS), window_size=1),
@@ -464,10 +468,10 @@ class _SeedIteration:
 class _Evaluate:
     """detectron2's EvalHook as the torchvision engine schedules it: every TEST.EVAL_PERIOD iterations
     and in the last one (not after training), so the results join that iteration's metrics row;
-    then model_best.pth and best.json when val segm AP improved."""
+    then model_best.pth and best.json when the val ``best_metric`` (TEST.BEST_METRIC) improved."""
 
-    def __init__(self, period: int, run_dir: Path):
-        self.period, self.run_dir = period, run_dir
+    def __init__(self, period: int, run_dir: Path, best_metric: str = runs.DEFAULT_BEST_METRIC):
+        self.period, self.run_dir, self.best_metric = period, run_dir, best_metric
 
     def after_step(self):
         from detectron2.utils import comm
@@ -478,9 +482,10 @@ class _Evaluate:
         results = self.trainer.test(self.trainer.cfg, self.trainer.model)
         if results:  # the main process
             self.trainer.storage.put_scalars(**results, smoothing_hint=False)
-            if runs.is_new_best(self.run_dir, results["segm/AP"]):
+            key = self.best_metric
+            if runs.is_new_best(self.run_dir, results[key], key):
                 self.trainer.checkpointer.save(Path(runs.BEST).stem, tag_last=False, iteration=it)
-                runs.record_best(self.run_dir, it, results["segm/AP"])
+                runs.record_best(self.run_dir, it, results[key], key)
         comm.synchronize()
 
 

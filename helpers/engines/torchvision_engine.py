@@ -730,7 +730,8 @@ class _Trainer:
         """Evaluate when due, then log the row, then checkpoint: a kill between any two leaves a
         run that resumes at the right iteration with each metrics row written once."""
         period, done = self.cfg["TEST.EVAL_PERIOD"], it + 1
-        if (period > 0 and done % period == 0) or done == self.max_iter:
+        has_val = self.cfg["DATASETS.VAL_FRACTION"] > 0  # 0: trained on every image, nothing to evaluate on
+        if has_val and ((period > 0 and done % period == 0) or done == self.max_iter):
             if self.ctx.is_main:
                 row.update(self._evaluate())
             if self.ctx.world > 1:
@@ -741,9 +742,10 @@ class _Trainer:
         for key, value in row.items():
             if key != "iteration":
                 writer.add_scalar(key, value, it)
-        if "segm/AP" in row and runs.is_new_best(self.run_dir, row["segm/AP"]):
+        best = runs.best_metric(self.cfg)  # TEST.BEST_METRIC, segm/AP50 by default
+        if best in row and runs.is_new_best(self.run_dir, row[best], best):
             runs.save_checkpoint(self.run_dir, runs.BEST, self._state(it), tag_last=False)
-            runs.record_best(self.run_dir, it, row["segm/AP"])
+            runs.record_best(self.run_dir, it, row[best], best)
         if done % self.cfg["SOLVER.CHECKPOINT_PERIOD"] == 0:
             runs.save_checkpoint(self.run_dir, runs.checkpoint_name(it), self._state(it))
 
