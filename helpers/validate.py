@@ -311,19 +311,20 @@ def results_list(value: Any, name: str) -> list:
 
 
 def result_problem(entry: Any, sizes: dict[int, tuple[int, int]], categories: dict[int, str], *,
-                   segm: bool, bbox: bool, score_range: bool = True) -> str | None:
+                   segm: bool, bbox: bool, score_range: bool = True, reference: str = "the test file") -> str | None:
     """What is wrong with one result / submission entry, or None.
 
     segm: a compressed-RLE 'segmentation' is required (one given anyway is checked all the same).
     bbox: a 'bbox' is required (pycocotools' loadRes reads one from every entry when the first has one).
     score_range: the score must lie in [0, 1], as the grader's file does.
+    reference: how messages name the file that declares the images and categories.
     """
     if not isinstance(entry, dict):
         return f"must be an object, got {json_type(entry)}"
     keys = ("image_id", "category_id", *(("segmentation",) if segm else ()), "score", *(("bbox",) if bbox else ()))
     for key in keys:
         if key not in entry:
-            return f"missing key '{key}'"
+            return f"missing key '{key}'" + (" (entry 0 has a 'bbox', so every entry needs one)" if key == "bbox" else "")
     if bbox and not is_bbox(entry["bbox"]):
         return (f"bbox must be [x, y, width, height] of finite numbers (entry 0 has a 'bbox', so every entry "
                 f"needs one), got {short(entry['bbox'])}")
@@ -333,9 +334,9 @@ def result_problem(entry: Any, sizes: dict[int, tuple[int, int]], categories: di
     if not is_int(image_id):
         return f"image_id must be an integer, got {short(image_id)}"
     if image_id not in sizes:
-        return f"image_id {image_id} is not an image of the test file"
+        return f"image_id {image_id} is not an image of {reference}"
     if not is_int(category_id) or category_id not in categories:
-        return f"category_id {short(category_id)} is not a category of the test file ({id_list(categories)})"
+        return f"category_id {short(category_id)} is not a category of {reference} ({id_list(categories)})"
     if not is_number(score):
         return f"score must be a finite number, got {short(score)}"
     if score_range and not 0.0 <= score <= 1.0:
@@ -359,7 +360,8 @@ def segmentation_problem(segm: Any, image_id: int, size: tuple[int, int]) -> str
 
 
 def check_results(name: str, results: list, sizes: dict[int, tuple[int, int]], categories: dict[int, str], *,
-                  segm: bool, bbox: bool | None = None, score_range: bool = True) -> None:
+                  segm: bool, bbox: bool | None = None, score_range: bool = True,
+                  reference: str = "the test file") -> None:
     """Every entry of a results list, first problem raised as a SubmissionError naming the entry.
 
     bbox None: required when the first entry has one (what loadRes does).
@@ -367,7 +369,8 @@ def check_results(name: str, results: list, sizes: dict[int, tuple[int, int]], c
     if bbox is None:
         bbox = bool(results) and isinstance(results[0], dict) and "bbox" in results[0]
     for index, entry in enumerate(results):
-        problem = result_problem(entry, sizes, categories, segm=segm, bbox=bbox, score_range=score_range)
+        problem = result_problem(entry, sizes, categories, segm=segm, bbox=bbox, score_range=score_range,
+                                 reference=reference)
         if problem:
             raise SubmissionError(f"{name}: entry {index}: {problem}")
 
