@@ -12,6 +12,7 @@ from typing import Any, Iterable
 from . import data, runs
 from .config import Config, load_config
 from .errors import DataError, EngineError
+from .io import check_output_dir, check_output_path
 
 
 def resolve_data_root(cfg: Config, data_root: str | Path | None) -> Path:
@@ -52,6 +53,7 @@ def setup_run(
     cfg = get_engine(engine).prepare_config(cfg)
     root = resolve_data_root(cfg, data_root)
     run_dir = Path(run_dir or cfg["OUTPUT_DIR"]).expanduser().resolve()
+    _check_run_dir(run_dir)
     splits = prepare_split(cfg, root, Path(split_dir) if split_dir else run_dir / "data")
     categories = data.load_split(splits.train, check_images=False).categories
     if match_num_classes:
@@ -64,6 +66,13 @@ def setup_run(
     cfg["DATASETS.ROOT"] = str(root)
     cfg["OUTPUT_DIR"] = str(run_dir)
     return cfg, splits, run_dir
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """A run folder is a folder we can write, and what it already holds is readable."""
+    check_output_dir(run_dir, "run")
+    if run_dir.is_dir():
+        runs.read_run_info(run_dir)  # a truncated run.json: one line naming it, before any work
 
 
 def train(
@@ -87,25 +96,40 @@ def train(
     cfg, splits, run_dir = setup_run(config, overrides, engine, data_root, run_dir, split_dir, match_num_classes)
     if resume and runs.is_finished(run_dir):
         return run_dir
-    if not resume and runs.last_checkpoint(run_dir) is not None:
+    if not resume and (runs.last_checkpoint(run_dir) is not None or runs.checkpoints(run_dir)):
         raise EngineError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another --run-dir")
     module = get_engine(engine)
     run_dir.mkdir(parents=True, exist_ok=True)
     runs.remove_partial_writes(run_dir)
     cfg.save(run_dir / runs.CONFIG)
     runs.write_run_info(run_dir, engine=engine, data_root=cfg["DATASETS.ROOT"], train_split=str(splits.train),
-                        val_split=str(splits.val), status="training")
-    final = module.train(cfg, splits, run_dir, resume=resume, progress=progress)
-    runs.write_run_info(run_dir, status="finished", final_metrics=final)
+                        val_split=str(splits.val), status="training", error=None)
+    try:
+        final = module.train(cfg, splits, run_dir, resume=resume, progress=progress)
+        runs.write_run_info(run_dir, status="finished", final_metrics=final)
+    except BaseException as e:  # any reason, an interrupt included: run.json must not say "training"
+        runs.record_failure(run_dir, e)
+        raise
     return run_dir
 
 
 def load_run(run_dir: str | Path) -> tuple[Config, dict]:
     """The resolved config and run.json of a trained run."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise EngineError(f"{run_dir}: not a run folder ({'a file' if run_dir.exists() else 'not found'})")
     if not (run_dir / runs.CONFIG).is_file():
         raise EngineError(f"{run_dir} is not a run folder (no {runs.CONFIG})")
-    return load_config(run_dir / runs.CONFIG), runs.read_run_info(run_dir)
+    info = runs.read_run_info(run_dir)
+    path = run_dir / runs.RUN_INFO
+    if not info:
+        raise EngineError(f"{path}: missing or empty: not a trained run folder (train it with `python -m helpers train`)")
+    for key in ("engine", "train_split"):
+        if not isinstance(info.get(key), str) or not info[key]:
+            raise EngineError(f"{path}: incomplete run record: no '{key}' (was the run's training started here?)")
+    if info["engine"] not in ("torchvision", "detectron2"):
+        raise EngineError(f"{path}: unknown engine {info['engine']!r} in the run record")
+    return load_config(run_dir / runs.CONFIG), info
 
 
 def load_predictor(run_dir: str | Path, checkpoint: str = "best", score_thresh: float | None = None,
@@ -119,7 +143,7 @@ def load_predictor(run_dir: str | Path, checkpoint: str = "best", score_thresh: 
     if device is not None:
         cfg["MODEL.DEVICE"] = device
     categories = data.load_split(info["train_split"], check_images=False).categories
-    module = get_engine(info.get("engine", "torchvision"))
+    module = get_engine(info["engine"])
     return module.load_predictor(cfg, runs.resolve_checkpoint(Path(run_dir), checkpoint), categories)
 
 
@@ -129,7 +153,12 @@ def images_to_predict(images: str | Path) -> list[tuple[int, Path]]:
     if images.is_file():
         split = data.load_split(images, image_dir=images.parent / data.TEST_IMAGES if images.name == data.TEST_JSON
                                 else None, check_images=False)
-        return [(img["id"], split.image_path(img)) for img in split.images]
+        pairs = [(img["id"], split.image_path(img)) for img in split.images]
+        missing = [(i, p) for i, p in pairs if not p.is_file()]
+        if missing:
+            raise DataError(f"{images}: image id {missing[0][0]}: image file {missing[0][1].name!r} not found in "
+                            f"{split.image_dir}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        return pairs
     if images.is_dir():
         files = sorted(p for p in images.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
         if not files:
@@ -146,8 +175,9 @@ def predict(run_dir: str | Path, images: str | Path, out: str | Path, checkpoint
 
     from .submission import instances_to_results, validate_submission, write_submission
 
-    predictor = load_predictor(run_dir, checkpoint, score_thresh, device)
+    check_output_path(out, "submission")
     pairs = images_to_predict(images)
+    predictor = load_predictor(run_dir, checkpoint, score_thresh, device)
     ids = {p: i for i, p in pairs}
     results: list[dict] = []
     start = time.perf_counter()
@@ -181,12 +211,16 @@ def evaluate_run(run_dir: str | Path, split_json: str | Path | None = None, chec
     from .io import write_json
 
     run_dir = Path(run_dir)
-    split = data.load_split(split_json or load_run(run_dir)[1]["val_split"], check_images=False)
+    out_dir = Path(out_dir or run_dir)
+    check_output_path(out_dir / VAL_RESULTS, "results")
+    info = load_run(run_dir)[1]
+    if split_json is None and not isinstance(info.get("val_split"), str):
+        raise EngineError(f"{run_dir / runs.RUN_INFO}: incomplete run record: no 'val_split'")
+    split = data.load_split(split_json or info["val_split"], check_images=False)
     predictor = load_predictor(run_dir, checkpoint, score_thresh)
     start = time.perf_counter()
     results = predict_split(predictor, split, progress=progress)
     seconds = (time.perf_counter() - start) / max(len(split.images), 1)
-    out_dir = Path(out_dir or run_dir)
     write_json(out_dir / VAL_RESULTS, results)
     report = {iou: evaluate(split.coco, results, iou_type=iou) for iou in ("segm", "bbox")}
     report.update(split=str(split.json_path), checkpoint=checkpoint, seconds_per_image=seconds,

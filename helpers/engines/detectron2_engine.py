@@ -113,7 +113,8 @@ def train(cfg: Config, splits: data.SplitPaths, run_dir: Path, resume: bool = Fa
 
     run_dir = Path(run_dir)
     node = detectron2_config(cfg, splits, run_dir)
-    checkpoint = runs.last_checkpoint(run_dir) if resume else None
+    # verified: a damaged last checkpoint falls back to the newest complete one, which last_checkpoint then names
+    checkpoint = runs.resume_checkpoint(run_dir, retag=comm.is_main_process()) if resume else None
     start = _checkpoint_iteration(checkpoint) + 1 if checkpoint else 0
     if comm.is_main_process():
         write_text(run_dir / D2_CONFIG, node.dump())
