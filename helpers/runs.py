@@ -89,7 +89,7 @@ def load_error_text(error: BaseException) -> str:
     marker = "WeightsUnpickler error:"
     if marker in text:
         text = text.split(marker, 1)[1]
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "").split(". ")[0]
     return f"{type(error).__name__}: {first[:200]}" if first else type(error).__name__
 
 
@@ -106,8 +106,18 @@ def torch_load(path: Path) -> Any:
 
 def checkpoint_problem(path: Path) -> tuple[int | None, str | None]:
     """(iteration, None) when ``path`` loads completely as one of our checkpoints, else (None, why)."""
+    import zipfile
+
     if not path.is_file():
         return None, "file not found"
+    try:  # torch.save writes a zip with a CRC per record, which torch.load itself does not check
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                return None, f"is damaged (record {bad} fails its CRC check)"
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError, NotImplementedError) as e:
+        return None, f"is damaged ({type(e).__name__}: {e})"
     try:
         state = torch_load(path)
     except Exception as e:  # torch raises many types for a truncated or corrupt file
