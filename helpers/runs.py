@@ -191,9 +191,13 @@ def record_failure(run_dir: Path, error: BaseException) -> None:
     On a full disk the atomic rewrite can fail for want of a block; run.json is then rewritten in
     place when the new record fits in the blocks it already has.
     """
-    reason = " ".join(str(error).split()) or type(error).__name__
-    if not isinstance(error, HelpersError):
-        reason = f"{type(error).__name__}: {reason}"
+    text = " ".join(str(error).split())
+    if isinstance(error, HelpersError):
+        reason = text
+    elif isinstance(error, KeyboardInterrupt):
+        reason = "interrupted (KeyboardInterrupt)"
+    else:
+        reason = f"{type(error).__name__}: {text}" if text else type(error).__name__
     try:
         data = read_run_info(run_dir)
     except HelpersError:
