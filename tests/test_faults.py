@@ -630,3 +630,31 @@ def test_subprocess_exit_path(argv_of, good_root, tmp_path):
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
     assert not (tmp_path / "r").exists()
+
+
+# --------------------------------------------------------------------------- errors after a progress bar
+
+
+def test_error_during_prediction_starts_its_own_line(demo_root, tmp_path, capsys, monkeypatch):
+    """A corrupt image found while the progress bar is drawn: the error line is not glued to the bar."""
+    import shutil
+
+    from helpers import experiment
+    from helpers.engines.base import Predictor
+    from helpers.instances import Instances
+
+    root = tmp_path / "copy"
+    shutil.copytree(demo_root, root)
+    images = json.loads((root / data.TEST_JSON).read_text())["images"]
+    broken = root / data.TEST_IMAGES / images[2]["file_name"]
+    broken.write_bytes(broken.read_bytes()[:200])
+    predictor = Predictor(lambda batch: [Instances.empty(im.shape[:2]) for im in batch], [{"id": 1, "name": "a"}],
+                          0.5, "cpu")
+    monkeypatch.setattr(experiment, "load_predictor", lambda *args, **kwargs: predictor)
+    out = tmp_path / "sub.json"
+    code = main(["predict", "--run-dir", str(tmp_path), "--images", str(root / data.TEST_JSON), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "predict" in err  # the bar was drawn
+    last = err.split("\n")[-2]
+    assert last.startswith("error: ") and broken.name in last and err.count("error:") == 1
+    assert not out.exists()
