@@ -27,6 +27,7 @@ from typing import Any, Iterable
 import yaml
 
 from .errors import ConfigError
+from .validate import is_int, is_number, short
 
 MODEL_ZOO_BASE = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
 IMAGENET = "imagenet"  # MODEL.WEIGHTS value: the engine library's own ImageNet-pretrained backbone
@@ -185,22 +186,14 @@ ENGINES = ("torchvision", "detectron2")
 # Engine-specific choices (ENGINE_CHOICES) are checked by Config.check_engine.
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _int_at_least(lo: int, hi: int | None = None) -> tuple:
     text = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
-    return (lambda v: _is_int(v) and v >= lo and (hi is None or v <= hi)), text
+    return (lambda v: is_int(v) and v >= lo and (hi is None or v <= hi)), text
 
 
 def _number(lo: float, hi: float | None = None, lo_open: bool = False, hi_open: bool = False) -> tuple:
     def ok(v: Any) -> bool:
-        if not _is_num(v):
+        if not is_number(v):
             return False
         above = v > lo if lo_open else v >= lo
         below = hi is None or (v < hi if hi_open else v <= hi)
@@ -236,10 +229,10 @@ _POSITIVE_NUMBER = _number(0.0, lo_open=True)
 _NON_NEGATIVE_NUMBER = _number(0.0)
 _ANY_STRING = (lambda v: isinstance(v, str)), "a string"
 _BOOL = (lambda v: isinstance(v, bool)), "True or False"
-_POSITIVE_SIZES = _list_of(lambda x: _is_int(x) and x > 0, "positive integers")
-_PER_LEVEL = _list_of(lambda x: isinstance(x, list) and bool(x) and all(_is_num(y) and y > 0 for y in x),
+_POSITIVE_SIZES = _list_of(lambda x: is_int(x) and x > 0, "positive integers")
+_PER_LEVEL = _list_of(lambda x: isinstance(x, list) and bool(x) and all(is_number(y) and y > 0 for y in x),
                       "non-empty lists of positive numbers")
-_THRESHOLDS = _list_of(lambda x: _is_num(x) and 0 <= x <= 1, "numbers in [0, 1]", increasing=True)
+_THRESHOLDS = _list_of(lambda x: is_number(x) and 0 <= x <= 1, "numbers in [0, 1]", increasing=True)
 _POOLERS = _choice("ROIAlignV2", "ROIAlign", "ROIPool")
 
 RANGES: dict[str, tuple] = {
@@ -247,8 +240,8 @@ RANGES: dict[str, tuple] = {
                      "'cpu', 'cuda', 'cuda:N' or 'mps'"),
     "MODEL.WEIGHTS": _ANY_STRING,
     "MODEL.MASK_ON": _BOOL,
-    "MODEL.PIXEL_MEAN": _list_of(_is_num, "finite numbers", length=3),
-    "MODEL.PIXEL_STD": _list_of(lambda x: _is_num(x) and x > 0, "positive numbers", length=3),
+    "MODEL.PIXEL_MEAN": _list_of(is_number, "finite numbers", length=3),
+    "MODEL.PIXEL_STD": _list_of(lambda x: is_number(x) and x > 0, "positive numbers", length=3),
     "MODEL.BACKBONE.FREEZE_AT": _int_at_least(0, 5),
     "MODEL.RESNETS.DEPTH": _POSITIVE,  # the depths each engine builds: ENGINE_CHOICES
     "MODEL.RESNETS.NORM": _ANY_STRING,
@@ -311,10 +304,10 @@ RANGES: dict[str, tuple] = {
     "SOLVER.NESTEROV": _BOOL,
     "SOLVER.WEIGHT_DECAY": _NON_NEGATIVE_NUMBER,
     "SOLVER.WEIGHT_DECAY_NORM": _NON_NEGATIVE_NUMBER,
-    "SOLVER.WEIGHT_DECAY_BIAS": ((lambda v: v is None or (_is_num(v) and v >= 0)), "None or a number >= 0"),
+    "SOLVER.WEIGHT_DECAY_BIAS": ((lambda v: v is None or (is_number(v) and v >= 0)), "None or a number >= 0"),
     "SOLVER.BIAS_LR_FACTOR": _NON_NEGATIVE_NUMBER,
     "SOLVER.GAMMA": _POSITIVE_NUMBER,
-    "SOLVER.STEPS": _list_of(lambda x: _is_int(x) and x >= 0, "integers >= 0", non_empty=False, increasing=True),
+    "SOLVER.STEPS": _list_of(lambda x: is_int(x) and x >= 0, "integers >= 0", non_empty=False, increasing=True),
     "SOLVER.MAX_ITER": _POSITIVE,
     "SOLVER.WARMUP_FACTOR": _FRACTION,
     "SOLVER.WARMUP_ITERS": _NON_NEGATIVE,
@@ -333,24 +326,16 @@ RANGES: dict[str, tuple] = {
 }
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    try:
-        text = repr(value)
-    except RecursionError:
-        return "<a deeply nested value>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _check_range(key: str, value: Any) -> None:
     check, allowed = RANGES[key]
     if not check(value):
-        raise ConfigError(f"{key} = {_short(value)} is out of range: expected {allowed}")
+        raise ConfigError(f"{key} = {short(value)} is out of range: expected {allowed}")
 
 
 def check_consistency(cfg: "Config") -> None:
     """What one key's range cannot say: values that must agree with each other."""
     if cfg["INPUT.MIN_SIZE_TRAIN_SAMPLING"] != "choice" and len(cfg["INPUT.MIN_SIZE_TRAIN"]) != 2:
-        raise ConfigError(f"INPUT.MIN_SIZE_TRAIN = {_short(cfg['INPUT.MIN_SIZE_TRAIN'])} is out of range: "
+        raise ConfigError(f"INPUT.MIN_SIZE_TRAIN = {short(cfg['INPUT.MIN_SIZE_TRAIN'])} is out of range: "
                           f"INPUT.MIN_SIZE_TRAIN_SAMPLING {cfg['INPUT.MIN_SIZE_TRAIN_SAMPLING']!r} needs "
                           f"[min, max]{_where(cfg)}")
     ratios, sizes = cfg["MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"], cfg["MODEL.ANCHOR_GENERATOR.SIZES"]

@@ -212,7 +212,7 @@ def evaluate_run(run_dir: str | Path, split_json: str | Path | None = None, chec
 
     run_dir = Path(run_dir)
     out_dir = Path(out_dir or run_dir)
-    check_output_path(out_dir / VAL_RESULTS, "results")
+    check_output_dir(out_dir, "evaluation output")
     info = load_run(run_dir)[1]
     if split_json is None and not isinstance(info.get("val_split"), str):
         raise EngineError(f"{run_dir / runs.RUN_INFO}: incomplete run record: no 'val_split'")
