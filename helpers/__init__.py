@@ -2,7 +2,9 @@
 
 One job per module, in pipeline order:
 
-    data         load, validate, split and describe a Tiny VOC-layout data root
+    readers      JSON, YAML and images read safely: every failure one line naming the file
+    validate     one rule for every input: COCO files, segmentations and RLE, results, submissions
+    data         load, split and describe a Tiny VOC-layout data root
     demo_data    the synthetic data set in the same layout (the embedded default)
     config       experiment YAML in detectron2's vocabulary, overrides, engine support
     engines      the seam: detectron2 and torchvision behind one small interface

@@ -245,7 +245,7 @@ RANGES: dict[str, tuple] = {
     "MODEL.BACKBONE.FREEZE_AT": _int_at_least(0, 5),
     "MODEL.RESNETS.DEPTH": _POSITIVE,  # the depths each engine builds: ENGINE_CHOICES
     "MODEL.RESNETS.NORM": _ANY_STRING,
-    "MODEL.RESNETS.OUT_FEATURES": _list_of(lambda x: x in ("res2", "res3", "res4", "res5"), "of 'res2'..'res5'"),
+    "MODEL.RESNETS.OUT_FEATURES": _list_of(lambda x: x in ("res2", "res3", "res4", "res5"), "names among 'res2'..'res5'"),
     "MODEL.RESNETS.RES2_OUT_CHANNELS": _POSITIVE,
     "MODEL.RESNETS.STEM_OUT_CHANNELS": _POSITIVE,
     "MODEL.RESNETS.STRIDE_IN_1X1": _BOOL,
@@ -581,3 +581,8 @@ def engine_key_table() -> list[tuple[str, Any, str, str]]:
                 cells.append("yes")
         rows.append((key, default, cells[0], cells[1]))
     return rows
+
+
+def value_range_table() -> list[tuple[str, str]]:
+    """(key, allowed values) rows for the config reference: what :data:`RANGES` accepts."""
+    return [(key, RANGES[key][1]) for key in DEFAULT_KEYS]
