@@ -152,7 +152,11 @@ def load_predictor(cfg: Config, checkpoint: Path, categories: list[dict]) -> bas
     cfg["MODEL.WEIGHTS"] = ""  # the checkpoint holds every weight
     node = detectron2_config(cfg)
     model = build_model(node)
-    DetectionCheckpointer(model).load(str(checkpoint))
+    try:
+        DetectionCheckpointer(model).load(str(checkpoint))
+    except Exception as e:  # a truncated or garbage file: one line, not fvcore's traceback
+        raise EngineError(f"cannot read weights from {checkpoint}: not a checkpoint of this model, or damaged "
+                          f"({runs.load_error_text(e)})") from None
     return _predictor(model.eval(), node, categories)
 
 
