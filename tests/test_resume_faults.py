@@ -15,7 +15,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from helpers import experiment, runs
 from helpers.__main__ import main
