@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-import yaml
 
 from . import runs, stats
 from .errors import ConfigError
 from .evaluate import HEADLINE, METRIC_LABELS, metric_label
 from .io import write_json
+from .readers import read_yaml
 from .schedule import learning_rates
 
 # What the homework reported (mask mAP@0.5 on the hidden test set, as graded), and what it really changed.
@@ -57,12 +57,10 @@ def load_spec(path: str | Path, names: Iterable[str] | None = None) -> dict[str,
     """{"variants": {name: {"label", "overrides"}}, "baseline": name} from an ablation YAML,
     optionally only the variants ``names`` (in that order)."""
     path = Path(path)
+    spec = read_yaml(path, ConfigError)
     try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
         variants = spec["variants"]
-    except FileNotFoundError:
-        raise ConfigError(f"ablation file not found: {path}") from None
-    except (yaml.YAMLError, TypeError, KeyError):
+    except (TypeError, KeyError):
         raise ConfigError(f"{path}: expected a mapping with a 'variants' key") from None
     if not isinstance(variants, dict) or not variants:
         raise ConfigError(f"{path}: 'variants' must be a non-empty mapping")

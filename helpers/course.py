@@ -27,6 +27,7 @@ import yaml
 
 from .errors import ConfigError, DataError, HelpersError
 from .io import write_text
+from .readers import read_yaml
 from .paths import CONFIGS, RUNS, resolve
 
 DEFAULT_FILE = RUNS / "course.yaml"
@@ -58,10 +59,7 @@ def profile_path(profile: str | Path) -> Path:
 
 
 def _read_mapping(path: Path, what: str) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, ValueError) as e:
-        raise ConfigError(f"{path}: cannot read {what}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    data = read_yaml(path, ConfigError)
     if data is None:
         return {}
     if not isinstance(data, dict):

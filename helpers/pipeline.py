@@ -23,6 +23,7 @@ import yaml
 from . import course
 from .errors import ConfigError, HelpersError
 from .paths import NOTEBOOKS, PROJECT_ROOT, RUNS, resolve
+from .readers import read_yaml
 
 NOTEBOOK_ORDER = [
     "01_data_exploration",
@@ -58,11 +59,7 @@ def declared_parameters(notebook: str) -> set[str]:
 
 def read_params_file(path: str | Path) -> dict[str, Any]:
     """A ``-f params.yaml`` file: a mapping of parameter names to values."""
-    path = Path(path)
-    try:
-        extra = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, ValueError) as e:
-        raise ConfigError(f"{path}: cannot read the parameters file: {str(e).splitlines()[0]}") from None
+    extra = read_yaml(path, ConfigError) or {}
     if not isinstance(extra, dict):
         raise ConfigError(f"{path}: a parameters file must be a mapping")
     return extra

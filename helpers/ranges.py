@@ -148,6 +148,10 @@ RANGES: dict[str, tuple] = {
     "SOLVER.CLIP_GRADIENTS.NORM_TYPE": _POSITIVE_NUMBER,
     "TEST.EVAL_PERIOD": _NON_NEGATIVE,
     "TEST.DETECTIONS_PER_IMAGE": _POSITIVE,
+    # the val metric that picks model_best.pth: a segm/ or bbox/ COCO metric (helpers.evaluate.METRIC_NAMES)
+    "TEST.BEST_METRIC": _choice(*[f"{t}/{m}" for t in ("segm", "bbox")
+                                  for m in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100",
+                                            "ARs", "ARm", "ARl")]),
     "OUTPUT_DIR": ((lambda v: isinstance(v, str) and v.strip() != "" and "\x00" not in v), "a non-empty path"),
     "SEED": _int_at_least(-1, 2**32 - 1),
     "CUDNN_BENCHMARK": _BOOL,

@@ -63,8 +63,8 @@ def test_environment_variable_names_the_course_file(tmp_path, monkeypatch):
     ("profile: demo\nconfig: configs/missing.yaml\n", "does not exist"),
     ("profile: demo\noverrides: [1]\n", "`overrides` must be a mapping"),
     ("profile: demo\nnotebooks: 3\n", "`notebooks` must be a mapping"),
-    ("profile: [demo\n", "cannot read"),
-    (b"profile: \xff\xfe\n", "cannot read"),
+    ("profile: [demo\n", "invalid YAML (line 2"),
+    (b"profile: \xff\xfe\n", "course.yaml"),
 ])
 def test_bad_course_files_get_one_line_naming_the_file(tmp_path, body, message):
     path = tmp_path / "course.yaml"

@@ -94,7 +94,6 @@ def test_answers_are_computed_from_the_inputs():
     assert exercises.solution("rle_4x4", mask=mask) == concepts.rle_by_hand(np.array(mask)) == [4, 4, 8]
     assert exercises.feedback("rle_4x4", [1, 1, 3, 1, 3, 1, 3, 1, 2], mask=mask).text.startswith(
         "[rle_4x4] not yet: you read the mask row by row")
-    rgb = load_config(None, {"INPUT.FORMAT": "RGB"})
     assert exercises.solution("channel_order", input_format="RGB") == [200, 30, 10]
     assert exercises.solution("error_type", iou_same=0.6, iou_other=0.0) == "duplicate"
     assert exercises.solution("error_type", iou_same=0.0, iou_other=0.7) == "classification"

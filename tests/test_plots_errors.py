@@ -51,7 +51,7 @@ def test_confusion_cells_hold_the_counts(normalize):
 
 
 def test_show_error_images_draws_the_worst_image_of_the_costliest_types(demo_root, tmp_path):
-    from helpers import data, submission
+    from helpers import data
     from helpers.error_analysis import error_breakdown
     from helpers.instances import Instances
     from helpers.plots_errors import show_error_images
