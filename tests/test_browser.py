@@ -233,7 +233,7 @@ def test_every_visible_output_is_intended(walkthrough):
     """No cell shows a stray value: an execute_result that is only a plain-text repr such as False."""
     stray = []
     for name, ran in walkthrough.ran.items():
-        for index, cell in ran.code_cells():
+        for _, cell in ran.code_cells():
             for out in cell.get("outputs", []):
                 if out["output_type"] != "execute_result" or set(out.get("data", {})) != {"text/plain"}:
                     continue
