@@ -44,9 +44,13 @@ class BrowserTestError(AssertionError):
 
 
 def find_browser() -> tuple[str, str] | str:
-    """(chromium, chromedriver) paths, or why they are missing. $CHROMIUM / $CHROMEDRIVER win."""
-    chromium = os.environ.get("CHROMIUM") or next(filter(None, map(shutil.which, CHROMIUM_NAMES)), None)
-    driver = os.environ.get("CHROMEDRIVER") or next(filter(None, map(shutil.which, CHROMEDRIVER_NAMES)), None)
+    """(chromium, chromedriver) paths, or why they are missing. $CHROMIUM / $CHROMEDRIVER win (and must
+    name executables: a wrong one is an error, not a reason to skip)."""
+    for var in ("CHROMIUM", "CHROMEDRIVER"):
+        if os.environ.get(var) and not shutil.which(os.environ[var]):
+            raise BrowserTestError(f"{var}={os.environ[var]} is not an executable (unset it to use PATH)")
+    chromium = next(filter(None, map(shutil.which, [os.environ.get("CHROMIUM", ""), *CHROMIUM_NAMES])), None)
+    driver = next(filter(None, map(shutil.which, [os.environ.get("CHROMEDRIVER", ""), *CHROMEDRIVER_NAMES])), None)
     missing = [name for name, path in (("chromium", chromium), ("chromedriver", driver)) if not path]
     if missing:
         return (f"{' and '.join(missing)} not found on PATH (Debian: apt-get install chromium chromium-driver; "

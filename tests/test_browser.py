@@ -52,11 +52,12 @@ TINY_TRAINING = {**TINY, "SOLVER.MAX_ITER": TRAIN_ITERS, "SOLVER.CHECKPOINT_PERI
                  "SOLVER.STEPS": [12]}
 MAX_TRAINING_TEXT_LINES = TRAIN_ITERS - 4  # fewer text lines than iterations: no line per iteration
 FIGURE_NOTEBOOKS = ("01_data_exploration", "02_training", "03_weight_decay_ablation", "05_visualization")
-# What ipywidgets and its JupyterLab manager log when a widget cannot be shown (not JupyterLab's own
-# "filebrowser-extension:widget took N ms" notes under load).
+# What ipywidgets and its JupyterLab manager log when a widget cannot be shown; not JupyterLab's notes
+# on plugins that activate slowly on a loaded machine ("... is taking too long to activate", "took N ms").
 WIDGET_ERROR = re.compile(r"@jupyter-widgets|ipywidgets|jupyterlab-manager|widget[- ](model|view)|Error displaying widget|"
                           r"Could not (create|render|instantiate)|is not registered|Model not found|comm.*(not found|fail)",
                           re.I)
+SLOW_PLUGIN = re.compile(r"Plugin \S+ (\(with \d+ dependants\) took [\d.]+ ?ms to activate|is taking too long to activate)")
 # A cell's visible value that nobody meant to show: a bool/None, a default object repr, a path object.
 STRAY_REPR = re.compile(r"^(True|False|None|<.* at 0x[0-9a-f]+>|(Posix|Windows)?Path\(.*\)|<Figure size .*>)$", re.S)
 
@@ -342,5 +343,5 @@ def test_image_browser_redraws_on_every_control(walkthrough):
 def test_browser_console_has_no_widget_errors(walkthrough):
     entries = walkthrough.collect_console()
     bad = [e["message"] for e in entries if e.get("level") in ("SEVERE", "WARNING")
-           and WIDGET_ERROR.search(e.get("message", ""))]
+           and WIDGET_ERROR.search(e.get("message", "")) and not SLOW_PLUGIN.search(e.get("message", ""))]
     assert not bad, f"the browser console has widget errors: {bad[:5]} {where()}"
