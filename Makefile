@@ -12,11 +12,12 @@ RUN     ?= runs/demo
 
 RUN_ARGS = --profile $(PROFILE) $(if $(DATA),--data $(DATA)) $(if $(ENGINE),-p engine $(ENGINE))
 
-.PHONY: help venv demo test run report bench check-notebooks gpu-ci clean
+.PHONY: help venv demo test test-browser run report bench check-notebooks gpu-ci clean
 
 help:
 	@echo "make demo      the whole course on the embedded demo data set, on CPU (about 10 minutes)"
-	@echo "make test      the test suite (CPU)"
+	@echo "make test      the test suite (CPU), the browser test included when chromium is installed"
+	@echo "make test-browser  only the browser test: the notebooks in JupyterLab in headless Chromium"
 	@echo "make run PROFILE=homework DATA=/path/to/tinyvoc   the real run (GPU)"
 	@echo "make report    rebuild report/ from the recorded runs"
 	@echo "make bench     engine benchmark (train s/iter, inference s/img, peak memory)"
@@ -46,6 +47,10 @@ check-notebooks: $(STAMP)
 
 test: $(STAMP)
 	$(VPY) -m pytest -q
+
+# The five notebooks in JupyterLab in headless Chromium (part of make test; skips without chromium).
+test-browser: $(STAMP)
+	$(VPY) -m pytest -q -m browser
 
 bench: $(STAMP)
 	$(VPY) bench/bench_engines.py

@@ -860,7 +860,8 @@ def _widget_browser(split: data.Split, images: list[dict], predictions: dict[int
     threshold = widgets.FloatSlider(value=score_thresh, min=0.0, max=1.0, step=0.05, description="score ≥",
                                     continuous_update=False, readout_format=".2f")
     show_gt = widgets.Checkbox(value=True, description="show ground truth")
-    view = widgets.Image(format="png")
+    # At its natural size: never stretched to the output's width (only shrunk to fit a narrower one).
+    view = widgets.Image(format="png", layout=widgets.Layout(max_width="100%", height="auto"))
 
     def render(_change=None) -> None:
         fig = _browser_view(split, by_id[choose.value], predictions, class_names_by_id, threshold.value,
@@ -870,7 +871,9 @@ def _widget_browser(split: data.Split, images: list[dict], predictions: dict[int
     for control in (choose, threshold, show_gt):
         control.observe(render, names="value")
     render()
-    return widgets.VBox([widgets.HBox([choose, threshold, show_gt]), view])
+    # A VBox stretches its children across its width by default: keep each at its own width instead.
+    return widgets.VBox([widgets.HBox([choose, threshold, show_gt]), view],
+                        layout=widgets.Layout(align_items="flex-start"))
 
 
 def browser(split: data.Split, predictions: dict[int, Instances], class_names_by_id: dict[int, str],
