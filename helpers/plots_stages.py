@@ -127,7 +127,7 @@ def plot_anchors(record: dict) -> Figure:
     _show(ax, image, "every anchor centre (larger dots: coarser levels)")
     points_per_pixel = 4.2 * 72 / max(image.shape[:2])  # the panel is about 4.2 inches across
     for lv, color in zip(levels, LEVEL_COLORS * 2):
-        ax.scatter(lv["centers"][:, 0], lv["centers"][:, 1], s=min(0.4 * lv["stride"] * points_per_pixel, 5.0) ** 2,
+        ax.scatter(lv["centers"][:, 0], lv["centers"][:, 1], s=min(0.4 * max(lv["stride"]) * points_per_pixel, 5.0) ** 2,
                    color=color, label=lv["name"], alpha=0.8, lw=0)
     ax.set_xlim(-0.5, image.shape[1] - 0.5)
     ax.set_ylim(image.shape[0] - 0.5, -0.5)

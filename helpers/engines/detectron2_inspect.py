@@ -110,9 +110,9 @@ def _record(node, model, out: dict, image: np.ndarray, gt_boxes, gt_ids, gt_inde
     record["input"] = rec.input_record(_np(images.tensor[0, :, :h, :w]), padded, image.shape[:2],
                                        node.MODEL.PIXEL_MEAN, node.MODEL.PIXEL_STD, 255.0, node.INPUT.FORMAT,
                                        node.INPUT.MIN_SIZE_TEST, node.INPUT.MAX_SIZE_TEST)
-    record["backbone"] = [rec.level_record(name, _np(t[0]), padded[1:], num_channels)
+    record["backbone"] = [rec.level_record(name, _np(t[0]), num_channels)
                           for name, t in out["body"].items() if name in node.MODEL.FPN.IN_FEATURES]
-    record["fpn"] = [rec.level_record(name, _np(t[0]), padded[1:], num_channels) for name, t in out["features"].items()]
+    record["fpn"] = [rec.level_record(name, _np(t[0]), num_channels) for name, t in out["features"].items()]
 
     rpn = model.proposal_generator
     names = list(rpn.in_features)
@@ -125,8 +125,8 @@ def _record(node, model, out: dict, image: np.ndarray, gt_boxes, gt_ids, gt_inde
     if gt_boxes is not None:  # the resize the predictor applied, on the boxes
         in_gt = (gt_boxes * np.array([w / image.shape[1], h / image.shape[0]] * 2, np.float32)).astype(np.float32)
     location = rec.location_of(in_gt, gt_index, (h, w))
-    record["anchors"] = rec.anchor_record(names, grids, per_level, list(rpn.anchor_generator.strides), sizes, ratios,
-                                          location)
+    strides = [(s, s) for s in rpn.anchor_generator.strides]
+    record["anchors"] = rec.anchor_record(names, grids, per_level, strides, sizes, ratios, location)
 
     record["matching"] = None
     anchors = np.concatenate(per_level)
@@ -135,7 +135,7 @@ def _record(node, model, out: dict, image: np.ndarray, gt_boxes, gt_ids, gt_inde
         matched, labels = rpn.anchor_matcher(quality)
         record["matching"] = rec.matching_record(anchors, rec.level_of_each(counts), names, _np(quality[gt_index]),
                                                  matched.numpy(), labels.numpy(), gt_index, in_gt, gt_ids,
-                                                 list(node.MODEL.RPN.IOU_THRESHOLDS))
+                                                 list(node.MODEL.RPN.IOU_THRESHOLDS), _np(quality.max(dim=1).values))
 
     pre, post = out["pre_nms"][0], out["proposals"][0][0]
     record["proposals"] = rec.proposal_record(

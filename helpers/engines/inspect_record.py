@@ -20,14 +20,15 @@ NUM_ROIS = 4          # proposals whose RoIAlign crops are kept
 NUM_NEAR_NEGATIVES = 24  # the negatives that overlap the object most
 
 
-def level_record(name: str, feature: np.ndarray, padded_hw: Sequence[int], num_channels: int = NUM_CHANNELS) -> dict:
-    """One feature map (C x H x W): its shape, stride, the ``num_channels`` channels of largest spatial
-    spread (the most structured ones) and the mean absolute activation over all channels."""
+def level_record(name: str, feature: np.ndarray, num_channels: int = NUM_CHANNELS) -> dict:
+    """One feature map (C x H x W) of level ``res<k>`` or ``p<k>``: its shape, stride (2**k), the
+    ``num_channels`` channels of largest spatial spread (the most structured ones) and the mean
+    absolute activation over all channels."""
     feature = np.asarray(feature, dtype=np.float32)
     c, h, w = feature.shape
     spread = feature.reshape(c, -1).std(axis=1)
     index = np.sort(np.argsort(-spread, kind="stable")[:num_channels])
-    return {"name": name, "shape": [int(c), int(h), int(w)], "stride": int(round(padded_hw[0] / h)),
+    return {"name": name, "shape": [int(c), int(h), int(w)], "stride": 2 ** int(name[-1]),
             "channel_index": [int(i) for i in index], "channels": feature[index].copy(),
             "mean_abs": np.abs(feature).mean(axis=0)}
 
@@ -58,21 +59,22 @@ def input_record(tensor: np.ndarray, padded_shape: Sequence[int], original_hw: S
 
 
 def anchor_record(names: Sequence[str], grids: Sequence[Sequence[int]], anchors: Sequence[np.ndarray],
-                  strides: Sequence[int], sizes: Sequence[Sequence[float]], ratios: Sequence[Sequence[float]],
+                  strides: Sequence[Sequence[int]], sizes: Sequence[Sequence[float]], ratios: Sequence[Sequence[float]],
                   location_xy: Sequence[float]) -> dict:
     """Anchors per level: grid, count, the anchors at the grid cell nearest ``location_xy`` (input
     pixels) and every anchor centre. ``anchors[l]`` is (H*W*A) x 4 in location-major order, as both
-    libraries generate them."""
+    libraries generate them; ``strides[l]`` is the (y, x) step between locations the library used
+    (torchvision divides the padded input by the grid, so a coarse level's step can differ from 2**k)."""
     levels = []
     for name, (h, w), boxes, stride, size, ratio in zip(names, grids, anchors, strides, sizes, ratios):
         boxes = np.asarray(boxes, np.float32)
         per_location = boxes.shape[0] // (h * w)
-        row = int(np.clip(round(location_xy[1] / stride), 0, h - 1))
-        col = int(np.clip(round(location_xy[0] / stride), 0, w - 1))
+        row = int(np.clip(round(location_xy[1] / stride[0]), 0, h - 1))
+        col = int(np.clip(round(location_xy[0] / stride[1]), 0, w - 1))
         start = (row * w + col) * per_location
         centres = boxes.reshape(h * w, per_location, 4).mean(axis=1)
         levels.append({
-            "name": name, "stride": int(stride), "grid": (int(h), int(w)), "per_location": int(per_location),
+            "name": name, "stride": (int(stride[0]), int(stride[1])), "grid": (int(h), int(w)), "per_location": int(per_location),
             "count": int(boxes.shape[0]), "sizes": [float(s) for s in size], "aspect_ratios": [float(r) for r in ratio],
             "location": (row, col), "at_location": boxes[start:start + per_location].copy(),
             "centers": np.stack([(centres[:, 0] + centres[:, 2]) / 2, (centres[:, 1] + centres[:, 3]) / 2], axis=1),
@@ -83,12 +85,13 @@ def anchor_record(names: Sequence[str], grids: Sequence[Sequence[int]], anchors:
 
 def matching_record(anchors: np.ndarray, level_of_anchor: np.ndarray, level_names: Sequence[str], iou: np.ndarray,
                     matched: np.ndarray, labels: np.ndarray, gt_index: int, gt_boxes: np.ndarray,
-                    gt_category_ids: Sequence[int], thresholds: Sequence[float],
+                    gt_category_ids: Sequence[int], thresholds: Sequence[float], gt_best_iou: np.ndarray,
                     num_near_negatives: int = NUM_NEAR_NEGATIVES) -> dict:
     """The anchors the RPN's matcher assigns to ground-truth object ``gt_index`` (all objects of the
     image compete, as in training).
 
-    ``iou``: IoU of every anchor with object ``gt_index``; ``matched``: the object each anchor is
+    ``iou``: IoU of every anchor with object ``gt_index``; ``gt_best_iou``: each object's best IoU with
+    any anchor; ``matched``: the object each anchor is
     matched to; ``labels``: 1 / 0 / -1 per anchor as the matcher assigned them (before sampling).
     Positives below the foreground threshold come from the matcher's low-quality rule: an object's
     best anchors are positive whatever their IoU.
@@ -105,7 +108,7 @@ def matching_record(anchors: np.ndarray, level_of_anchor: np.ndarray, level_name
         "positive": anchors[positive].copy(), "positive_iou": iou[positive].copy(),
         "positive_level": [level_names[i] for i in level_of_anchor[positive]],
         "low_quality": iou[positive] < fg,
-        "best_iou": float(iou.max()) if iou.size else 0.0,
+        "best_iou": float(iou.max()) if iou.size else 0.0, "gt_best_iou": np.asarray(gt_best_iou, np.float32),
         "positive_count": int(positive.size),
         "positive_count_all": int((labels == 1).sum()),
         "negative_count": int(negative.sum()), "ignored_count": int((labels == -1).sum()),

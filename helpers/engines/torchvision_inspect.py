@@ -110,9 +110,9 @@ def _record(cfg: Config, model, out: dict, image: np.ndarray, gt_boxes, gt_ids, 
     record["input"] = rec.input_record(_np(images.tensors[0, :, :h, :w]), padded, out["original_size"],
                                        transform.image_mean, transform.image_std, 1.0, "RGB",
                                        cfg["INPUT.MIN_SIZE_TEST"], cfg["INPUT.MAX_SIZE_TEST"])
-    record["backbone"] = [rec.level_record(n, _np(t[0]), padded[1:], num_channels)
+    record["backbone"] = [rec.level_record(n, _np(t[0]), num_channels)
                           for n, t in zip(RES_NAMES, out["body"].values())]
-    record["fpn"] = [rec.level_record(n, _np(t[0]), padded[1:], num_channels)
+    record["fpn"] = [rec.level_record(n, _np(t[0]), num_channels)
                      for n, t in zip(FPN_NAMES, out["features"].values())]
 
     # anchors: torchvision's generator concatenates the levels; split them by the RPN's counts
@@ -125,7 +125,7 @@ def _record(cfg: Config, model, out: dict, image: np.ndarray, gt_boxes, gt_ids, 
     if gt_boxes is not None:
         in_gt = _np(resize_boxes(torch.as_tensor(gt_boxes), out["original_size"], (h, w)))
     location = rec.location_of(in_gt, gt_index, (h, w))
-    strides = [lv["stride"] for lv in record["fpn"]]
+    strides = [(padded[1] // gh, padded[2] // gw) for gh, gw in grids]  # as torchvision's AnchorGenerator steps
     record["anchors"] = rec.anchor_record(FPN_NAMES, grids, per_level, strides, sizes, ratios, location)
 
     record["matching"] = None
@@ -135,7 +135,8 @@ def _record(cfg: Config, model, out: dict, image: np.ndarray, gt_boxes, gt_ids, 
         matcher = model.rpn.proposal_matcher
         labels = np.where(matched >= 0, 1, np.where(matched == matcher.BELOW_LOW_THRESHOLD, 0, -1))
         record["matching"] = rec.matching_record(anchors, rec.level_of_each(counts), FPN_NAMES, quality[gt_index].numpy(),
-                                                 matched, labels, gt_index, in_gt, gt_ids, cfg["MODEL.RPN.IOU_THRESHOLDS"])
+                                                 matched, labels, gt_index, in_gt, gt_ids, cfg["MODEL.RPN.IOU_THRESHOLDS"],
+                                                 quality.max(dim=1).values.numpy())
 
     pre_boxes, pre_scores = out["pre_nms"]
     post_boxes, post_scores = out["post_nms"]
