@@ -77,7 +77,8 @@ def plot_input(record: dict) -> Figure:
     return _caption(fig, "1 · Input: resize and normalise",
                     f"the short side becomes INPUT.MIN_SIZE_TEST {inp['min_size_test']} unless the long side would pass "
                     f"MAX_SIZE_TEST {inp['max_size_test']}; the {order} channels (range 0..{inp['value_range']:g}) are "
-                    f"normalised with the model's pixel mean and std, so their means ({means}) sit near 0; the batch is "
+                    f"normalised with the model's pixel mean and std (ImageNet's), so an average ImageNet pixel becomes 0 "
+                    f"(this image's channel means after normalising: {means}); the batch is "
                     f"padded with zeros to {inp['padded_shape'][1]}×{inp['padded_shape'][2]}, a multiple of 32, for the "
                     "backbone's strides.")
 
@@ -206,7 +207,7 @@ def plot_proposals(record: dict, max_drawn: int = 100) -> Figure:
                  alpha=0.3 + 0.7 * float(scores[i] / top if top > 0 else 0))
     return _caption(fig, "5 · RPN proposals: anchors moved by the RPN's deltas, ranked by objectness",
                     f"before NMS the RPN keeps the top {p['pre_nms_topk']} per level (MODEL.RPN.PRE_NMS_TOPK_TEST, "
-                    f"{p['num_levels']} levels), and stacks of near-identical boxes sit on each object; NMS drops every "
+                    f"{p['num_levels']} levels), many of them near-copies of one another; NMS drops every "
                     f"box that overlaps a higher-scoring one by IoU > {p['nms_thresh']:g} (MODEL.RPN.NMS_THRESH) and "
                     f"keeps at most {p['post_nms_topk']} (POST_NMS_TOPK_TEST). Brighter = higher objectness.")
 

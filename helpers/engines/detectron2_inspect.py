@@ -184,7 +184,7 @@ def _record(node, model, out: dict, image: np.ndarray, gt_boxes, gt_ids, gt_inde
         from detectron2.layers.mask_ops import _do_paste_mask  # paste_masks_in_image's soft (unthresholded) paste
 
         probability = raw["masks"][index:index + 1, 0]
-        pasted = _np(_do_paste_mask(probability[:, None], torch.as_tensor(inst.boxes[index:index + 1]),
+        pasted = _np(_do_paste_mask(probability[:, None], torch.as_tensor(inst.boxes[index:index + 1], device=probability.device),
                                     image.shape[0], image.shape[1], skip_empty=False)[0][0])
         record["mask"] = {
             "index": index, "probability": _np(probability[0]), "resolution": int(probability.shape[-1]),
