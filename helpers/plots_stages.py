@@ -68,7 +68,7 @@ def plot_input(record: dict) -> Figure:
     _show(axes[0, 1], inp["image"], f"resized to {h}×{w} (scale {inp['scale'][0]:.4g})")
     order = inp["channel_order"]
     im = axes[0, 2].imshow(inp["tensor"][0], cmap="coolwarm")
-    axes[0, 2].set_title(f"normalised channel 0 ({order[0]}): (x − {inp['pixel_mean'][0]:.4g}) / {inp['pixel_std'][0]:.4g}",
+    axes[0, 2].set_title(f"normalised channel 0 ({order[0]}): (x − {inp['pixel_mean'][0]:g}) / {inp['pixel_std'][0]:g}",
                          fontsize=9)
     axes[0, 2].set_xticks([])
     axes[0, 2].set_yticks([])
@@ -189,7 +189,7 @@ def plot_anchor_matching(record: dict) -> Figure:
                     f"positive anchors (green) overlap the object by IoU ≥ {fg:g}; negatives (red, the {len(m['near_negative'])} "
                     f"that overlap it most) have IoU < {bg:g} with every object; anchors in between are ignored in the RPN "
                     f"loss. The matcher also makes each object's best anchors positive whatever their IoU (dotted green: "
-                    f"{low} here), so no object is left without one; best IoU {m['best_iou']:.3f}.")
+                    f"{low} here), so no object is left without one; best IoU {m['best_iou']:.3g}.")
 
 
 def plot_proposals(record: dict, max_drawn: int = 100) -> Figure:
@@ -228,7 +228,7 @@ def plot_roi_align(record: dict) -> Figure:
         crop = image[max(0, y0):max(y0 + 1, y1), max(0, x0):max(x0 + 1, x1)]
         i = int(r["proposal_index"][j])
         _show(axes[0, j], crop, f"proposal {i}: {x1 - x0}×{y1 - y0} px\n{_name(record, bh['best_category_id'][i])} "
-                                f"{bh['best_score'][i]:.2f}")
+                                f"{bh['best_score'][i]:.3g}")
         _show(axes[1, j], r["features"][j], f"pooled from {r['level'][j]}: {r['shape'][1]}×{r['shape'][2]}")
         axes[1, j].images[0].set_cmap("viridis")
     return _caption(fig, f"6 · RoIAlign: every proposal becomes a {r['shape'][0]}×{r['resolution']}×{r['resolution']} "
@@ -248,7 +248,7 @@ def plot_box_head(record: dict, top: int = 5) -> Figure:
     for rank, i in enumerate(order):
         color = LEVEL_COLORS[rank % len(LEVEL_COLORS)]
         _box(ax, bh["proposals"][i], color, lw=1, ls="--")
-        _box(ax, bh["refined"][i], color, lw=2, label=f"{_name(record, bh['best_category_id'][i])} {bh['best_score'][i]:.2f}")
+        _box(ax, bh["refined"][i], color, lw=2, label=f"{_name(record, bh['best_category_id'][i])} {bh['best_score'][i]:.3g}")
     ax = axes[0, 1]
     if len(order):
         i = order[0]
@@ -276,7 +276,7 @@ def plot_mask_head(record: dict) -> Figure:
     fig, axes = _figure(1, 3, (14, 4.4))
     res = m["resolution"]
     im = axes[0, 0].imshow(m["probability"], cmap="viridis", vmin=0, vmax=1)
-    axes[0, 0].set_title(f"mask head output {res}×{res} ({_name(record, m['category_id'])} {m['score']:.2f})", fontsize=9)
+    axes[0, 0].set_title(f"mask head output {res}×{res} ({_name(record, m['category_id'])} {m['score']:.3g})", fontsize=9)
     fig.colorbar(im, ax=axes[0, 0], shrink=0.8)
     _show(axes[0, 1], m["probability"] >= m["threshold"], f"≥ {m['threshold']:g}")
     axes[0, 1].images[0].set_cmap("gray")
