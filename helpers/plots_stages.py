@@ -295,6 +295,36 @@ def plot_mask_head(record: dict) -> Figure:
                     "cells across the box.")
 
 
+def stage_summary(record: dict) -> str:
+    """The record's shapes and counts, one line per stage (what a notebook prints beside the figures)."""
+    inp, p, a = record["input"], record["proposals"], record["anchors"]
+    shape = lambda s: "×".join(str(v) for v in s)  # noqa: E731
+    lines = [f"image {shape(record['image'].shape[:2])} -> input {shape(inp['tensor'].shape)} "
+             f"(scale {inp['scale'][0]:.4g}, padded to {shape(inp['padded_shape'])}, {inp['channel_order']})"]
+    lines += [f"{lv['name']:>4}  {shape(lv['shape']):>12}  stride {lv['stride']}" for lv in record["backbone"] + record["fpn"]]
+    lines.append(f"anchors: {a['per_location']} per location; " + ", ".join(
+        f"{lv['name']} {lv['grid'][0]}×{lv['grid'][1]}×{lv['per_location']} = {lv['count']}" for lv in a["levels"])
+        + f"; {a['total']} in all")
+    m = record["matching"]
+    if m is not None:
+        bg, fg = m["thresholds"]
+        lines.append(f"object {m['gt_index']} ({_name(record, m['gt_category_id'])}): {m['positive_count']} positive anchors "
+                     f"(IoU >= {fg:g} or its best), {m['negative_count']} negative (IoU < {bg:g} with every object), "
+                     f"{m['ignored_count']} ignored")
+    lines.append(f"proposals: {p['pre_nms_count']} before NMS -> {p['post_nms_count']} after "
+                 f"(NMS at IoU {p['nms_thresh']:g}, at most {p['post_nms_topk']})")
+    r = record["roi_align"]
+    lines.append(f"RoIAlign: {len(r['boxes'])} crops of {shape(r['shape'])} from " + ", ".join(r["level"]))
+    bh, det = record["box_head"], record["detections"]
+    lines.append(f"box head: {shape(bh['scores'].shape)} class probabilities (+ background); "
+                 f"{len(det['scores'])} detections with score >= {det['score_thresh']:g}")
+    if record["mask"] is not None:
+        mk = record["mask"]
+        lines.append(f"mask head: {mk['resolution']}×{mk['resolution']} for detection {mk['index']} "
+                     f"({_name(record, mk['category_id'])}), pasted into {shape(mk['pasted'].shape)}")
+    return "\n".join(lines)
+
+
 STAGES = {
     "input": plot_input,
     "features": plot_feature_maps,

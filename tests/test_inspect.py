@@ -244,3 +244,14 @@ def test_a_record_without_detections_draws_a_message(run):
     _, _, _, record = run
     fig = plots_stages.plot_mask_head({**record, "mask": None})
     assert "no detection above the score threshold" in fig.axes[0].texts[0].get_text()
+
+
+def test_stage_summary_states_the_records_numbers(run):
+    _, _, _, record = run
+    text = plots_stages.stage_summary(record)
+    p = record["proposals"]
+    assert f"proposals: {p['pre_nms_count']} before NMS -> {p['post_nms_count']} after" in text
+    assert f"{record['anchors']['total']} in all" in text
+    assert all(f"{lv['name']:>4}" in text for lv in record["fpn"])
+    assert f"{record['matching']['positive_count']} positive anchors" in text
+    assert f"{len(record['detections']['scores'])} detections" in text
