@@ -15,6 +15,7 @@ One job per module, in pipeline order:
     progress      the live bar and the plain progress lines (Jupyter and logs)
     runs          what a run folder holds (checkpoints, metrics log) and how to read it
     instances     the per-image predictions both engines return
+    inspect_run, plots_stages   one image through the trained model, stage by stage, and its figures
     evaluate      COCO metrics (pycocotools underneath)
     submission    masks <-> RLE, the submission writer and validator
     inference_checks   the homework's inference mistakes measured: channel order, score threshold

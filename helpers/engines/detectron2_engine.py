@@ -589,3 +589,14 @@ def _architecture_stages(node) -> list[tuple[str, Any, bool]]:
                           ("output.masks", out[0]["instances"].pred_masks)], False),
     ]
     return stages
+
+
+# ------------------------------------------------------------------------------------ inspect
+
+
+def inspect(cfg: Config, checkpoint: Path, categories: list[dict], image: np.ndarray, gt: dict | None = None,
+            **options: Any) -> dict:
+    """One RGB image through a checkpoint's model, every stage kept as plain data (detectron2_inspect)."""
+    from . import detectron2_inspect
+
+    return detectron2_inspect.inspect(cfg, checkpoint, categories, image, gt, **options)

@@ -796,3 +796,14 @@ _ARCHITECTURE_STAGES: list[tuple[str, str, Callable]] = [
     ("roi_heads.mask_predictor", "roi_heads.mask_predictor", _single),
     ("", "output", lambda stage, out: [("output.boxes", out[0]["boxes"]), ("output.masks", out[0]["masks"])]),
 ]
+
+
+# ------------------------------------------------------------------------------------ inspect
+
+
+def inspect(cfg: Config, checkpoint: Path, categories: list[dict], image: np.ndarray, gt: dict | None = None,
+            **options: Any) -> dict:
+    """One RGB image through a checkpoint's model, every stage kept as plain data (torchvision_inspect)."""
+    from . import torchvision_inspect
+
+    return torchvision_inspect.inspect(cfg, checkpoint, categories, image, gt, **options)
