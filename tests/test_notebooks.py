@@ -110,7 +110,9 @@ def test_all_notebooks_run_headless_in_order_and_the_report_builds(demo_root, tm
     analysis = json.loads((run_root / "error_analysis.json").read_text())
     assert set(analysis["errors"]) == {"classification", "localisation", "both", "duplicate", "background", "missed"}
     assert analysis["metric"] == "mask mAP@0.5 (segm AP50)" and "confusion" in analysis
-    for fig in ["02_lr_schedule", "05_error_breakdown", "05_confusion_matrix", "04_channel_order",
+    stages = ["02_stage1_input", "02_stage2_features", "02_stage3_anchors", "02_stage4_anchor_matching",
+              "02_stage5_proposals", "02_stage6_roi_align", "02_stage7_box_head", "02_stage8_mask_head"]
+    for fig in ["02_lr_schedule", *stages, "05_error_breakdown", "05_confusion_matrix", "05_error_images", "04_channel_order",
                 "04_threshold_sweep"]:
         assert _is_png(run_root / "figures" / f"{fig}.png"), fig
     # every exercise ran its check with the filled-in solution, and it was right
