@@ -14,7 +14,9 @@ One job per module, in pipeline order:
     instances     the per-image predictions both engines return
     evaluate      COCO metrics (pycocotools underneath)
     submission    masks <-> RLE, the submission writer and validator
-    ablation      the weight-decay ablation: variants, runs, table
+    ablation      the weight-decay ablation: variants x seeds, plan and cost, final metrics, verdicts, lr·λ·T
+    stats         mean ± spread, Student-t intervals, Welch's difference (for comparing runs)
+    inference_checks  the homework's inference mistakes measured: channel order, score threshold
     error_analysis, confusion   where the mAP goes: TIDE error types, the class-confusion matrix
     viz, plots_errors           figures and the interactive browser
     concepts      small computed examples of the course's ideas (IoU, anchors, LR, RLE, AP)
