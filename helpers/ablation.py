@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from bisect import bisect_right
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -34,6 +33,7 @@ from . import runs, stats
 from .errors import ConfigError
 from .evaluate import HEADLINE, METRIC_LABELS, metric_label
 from .io import write_json
+from .schedule import learning_rates
 
 # What the homework reported (mask mAP@0.5 on the hidden test set, as graded), and what it really changed.
 HOMEWORK_REPORTED = [
@@ -289,17 +289,8 @@ def read_results(out_dir: str | Path) -> dict:
 
 
 def lr_schedule(cfg) -> np.ndarray:
-    """The learning rate of every iteration 0 .. MAX_ITER-1: detectron2's WarmupMultiStepLR
-    (linear or constant warm-up from WARMUP_FACTOR, times GAMMA at each of STEPS)."""
-    it = np.arange(cfg["SOLVER.MAX_ITER"], dtype=float)
-    warmup = cfg["SOLVER.WARMUP_ITERS"]
-    factor = np.ones_like(it)
-    if warmup > 0:
-        w = cfg["SOLVER.WARMUP_FACTOR"]
-        ramp = w * (1 - it / warmup) + it / warmup if cfg["SOLVER.WARMUP_METHOD"] == "linear" else np.full_like(it, w)
-        factor = np.where(it < warmup, ramp, 1.0)
-    steps = np.array([bisect_right(cfg["SOLVER.STEPS"], int(i)) for i in it])
-    return cfg["SOLVER.BASE_LR"] * factor * cfg["SOLVER.GAMMA"] ** steps
+    """The learning rate of every iteration 0 .. MAX_ITER-1 (:mod:`helpers.schedule`)."""
+    return learning_rates(cfg)
 
 
 def decay_arithmetic(cfg) -> dict:

@@ -16,7 +16,6 @@ library's answer beside it (pycocotools for IoU, RLE and AP), so a notebook can 
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
 from typing import Any, Sequence
 
 import matplotlib.pyplot as plt
@@ -24,6 +23,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 from matplotlib.figure import Figure
 
+from .schedule import learning_rate  # noqa: F401  (the schedule the engines train with)
 from .config import Config
 
 # FPN levels of the R-FPN backbone (res2..res5 at strides 4..32, p6 max-pooled from p5) as
@@ -121,19 +121,6 @@ def anchors_per_level(cfg: Config, input_size: tuple[int, int] | None = None) ->
 
 
 # --------------------------------------------------------------------------- learning rate and weight decay
-
-
-def learning_rate(cfg: Config, iteration: int) -> float:
-    """``SOLVER.BASE_LR`` under WarmupMultiStepLR at ``iteration``: a linear (or constant) warm-up
-    from ``WARMUP_FACTOR`` x BASE_LR over ``WARMUP_ITERS``, times ``GAMMA`` per passed ``STEPS``."""
-    factor = 1.0
-    warmup = cfg["SOLVER.WARMUP_ITERS"]
-    if iteration < warmup:
-        factor = cfg["SOLVER.WARMUP_FACTOR"]
-        if cfg["SOLVER.WARMUP_METHOD"] == "linear":
-            alpha = iteration / warmup
-            factor = factor * (1 - alpha) + alpha
-    return cfg["SOLVER.BASE_LR"] * factor * cfg["SOLVER.GAMMA"] ** bisect_right(cfg["SOLVER.STEPS"], iteration)
 
 
 def lr_schedule(cfg: Config, iterations: Sequence[int] | None = None) -> dict:

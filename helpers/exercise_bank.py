@@ -315,17 +315,17 @@ _EXERCISES = [
     ),
     Exercise(
         "channel_order", "04_inference",
-        prompt=lambda v: f"PIL reads a pixel as (R, G, B) = {tuple(v['pixel_rgb'])}. The model was trained with "
-                         f"INPUT.FORMAT {v['cfg']['INPUT.FORMAT']!r}. Which values must its channels 0, 1, 2 hold?",
-        defaults=lambda: {"cfg": Config(), "pixel_rgb": (200, 30, 10)},
-        solve=lambda v: list(v["pixel_rgb"])[::-1] if v["cfg"]["INPUT.FORMAT"] == "BGR" else list(v["pixel_rgb"]),
+        prompt=lambda v: f"PIL reads a pixel as (R, G, B) = {tuple(v['pixel_rgb'])}. The model was trained on "
+                         f"{v['input_format']} images. Which values must its channels 0, 1, 2 hold?",
+        defaults=lambda: {"input_format": "BGR", "pixel_rgb": (200, 30, 10)},
+        solve=lambda v: list(v["pixel_rgb"])[::-1] if v["input_format"] == "BGR" else list(v["pixel_rgb"]),
         kind="numbers",
-        mistakes=(Mistake(lambda v: list(v["pixel_rgb"]) if v["cfg"]["INPUT.FORMAT"] == "BGR" else list(v["pixel_rgb"])[::-1],
-                          "INPUT.FORMAT names the channel order the model was trained on: BGR means channel 0 is "
-                          "blue, so an RGB image is reversed (image[:, :, ::-1]); the homework fed RGB to a BGR model."),),
-        hint="match the channel order of INPUT.FORMAT.",
-        explain=lambda v: f"INPUT.FORMAT {v['cfg']['INPUT.FORMAT']!r}: channels hold "
-                          f"{list(v['pixel_rgb'])[::-1] if v['cfg']['INPUT.FORMAT'] == 'BGR' else list(v['pixel_rgb'])}.",
+        mistakes=(Mistake(lambda v: list(v["pixel_rgb"]) if v["input_format"] == "BGR" else list(v["pixel_rgb"])[::-1],
+                          "feed the channel order the model was trained on: BGR means channel 0 is blue, so an RGB "
+                          "image is reversed (image[:, :, ::-1]); the homework fed RGB to a BGR-trained model."),),
+        hint="match the channel order the model was trained on (detectron2: INPUT.FORMAT; torchvision: RGB).",
+        explain=lambda v: f"Trained on {v['input_format']}: channels hold "
+                          f"{list(v['pixel_rgb'])[::-1] if v['input_format'] == 'BGR' else list(v['pixel_rgb'])}.",
     ),
     Exercise(
         "category_id", "04_inference",

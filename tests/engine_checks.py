@@ -60,3 +60,17 @@ def assert_same_run(run_dir: Path, reference: Path) -> None:
     assert [r["iteration"] for r in rows] == list(range(MAX_ITER))
     assert [r["total_loss"] for r in rows] == [r["total_loss"] for r in ref_rows]
     assert [r.get("segm/AP") for r in rows] == [r.get("segm/AP") for r in ref_rows]
+
+
+def weight_decay_groups_of(engine, project_root: Path, demo_root: Path) -> list[dict]:
+    """The engine's optimizer groups for the demo config with decays 1e-4 / 0.01 (biases) / 0 (norms),
+    after checking that exactly those three decays appear."""
+    from helpers import concepts, data
+    from helpers.config import load_config
+
+    cfg = load_config(project_root / "configs" / "demo.yaml", {"SOLVER.WEIGHT_DECAY": 1e-4, "SOLVER.WEIGHT_DECAY_BIAS": 0.01,
+                                                               "SOLVER.WEIGHT_DECAY_NORM": 0.0})
+    categories = data.load_split(demo_root / data.TEST_JSON, check_images=False).categories
+    groups = concepts.optimizer_groups(engine.build_optimizer(cfg, categories))
+    assert sorted({g["weight_decay"] for g in groups}) == [0.0, 1e-4, 0.01]
+    return groups

@@ -95,7 +95,7 @@ def test_answers_are_computed_from_the_inputs():
     assert exercises.feedback("rle_4x4", [1, 1, 3, 1, 3, 1, 3, 1, 2], mask=mask).text.startswith(
         "[rle_4x4] not yet: you read the mask row by row")
     rgb = load_config(None, {"INPUT.FORMAT": "RGB"})
-    assert exercises.solution("channel_order", cfg=rgb) == [200, 30, 10]
+    assert exercises.solution("channel_order", input_format="RGB") == [200, 30, 10]
     assert exercises.solution("error_type", iou_same=0.6, iou_other=0.0) == "duplicate"
     assert exercises.solution("error_type", iou_same=0.0, iou_other=0.7) == "classification"
     assert exercises.solution("ap50_vs_ap", ious=[0.97, 0.99, 0.96, 1.0]) == "equal"

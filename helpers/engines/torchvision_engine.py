@@ -25,7 +25,6 @@ import math
 import os
 import socket
 import time
-from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -46,6 +45,7 @@ from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from .. import data, runs
+from ..schedule import learning_rate  # noqa: F401  (the loop's schedule; tests patch it here)
 from ..config import IMAGENET, Config
 from ..errors import ConfigError, EngineError
 from ..instances import Instances
@@ -551,18 +551,6 @@ def _collate(samples: list) -> tuple[int, list[torch.Tensor], list[dict]]:
 
 
 # ------------------------------------------------------------------------------ optimisation
-
-
-def learning_rate(cfg: Config, iteration: int) -> float:
-    """detectron2's WarmupMultiStepLR at ``iteration``, from the iteration alone (no scheduler state)."""
-    warmup_iters = cfg["SOLVER.WARMUP_ITERS"]
-    factor = 1.0
-    if iteration < warmup_iters:
-        factor = cfg["SOLVER.WARMUP_FACTOR"]
-        if cfg["SOLVER.WARMUP_METHOD"] == "linear":
-            alpha = iteration / warmup_iters
-            factor = factor * (1 - alpha) + alpha
-    return cfg["SOLVER.BASE_LR"] * factor * cfg["SOLVER.GAMMA"] ** bisect_right(cfg["SOLVER.STEPS"], iteration)
 
 
 def _param_groups(cfg: Config, model: nn.Module) -> list[dict]:
