@@ -4,9 +4,12 @@ One job per module, in pipeline order:
 
     course        the course settings every notebook reads (one file switches all five)
     colab         the setup cell: Colab's widgets, Drive, installs (nothing elsewhere)
-    data          load, validate, split and describe a Tiny VOC-layout data root
+    readers       JSON, YAML and images read safely: every failure one line naming the file
+    validate      one rule for every input: COCO files, segmentations and RLE, results, submissions
+    data          load, split and describe a Tiny VOC-layout data root
     demo_data     the synthetic data set in the same layout (the embedded default)
-    config        experiment YAML in detectron2's vocabulary, overrides, engine support
+    config, ranges   experiment YAML in detectron2's vocabulary, overrides, engine support; value ranges
+    schedule      the learning-rate schedule (warm-up and steps) from the config alone
     engines       the seam: detectron2 and torchvision behind one small interface
     experiment    one run end to end: resolve, train, predict, evaluate
     progress      the live bar and the plain progress lines (Jupyter and logs)
@@ -14,9 +17,8 @@ One job per module, in pipeline order:
     instances     the per-image predictions both engines return
     evaluate      COCO metrics (pycocotools underneath)
     submission    masks <-> RLE, the submission writer and validator
-    ablation      the weight-decay ablation: variants x seeds, plan and cost, final metrics, verdicts, lr·λ·T
-    stats         mean ± spread, Student-t intervals, Welch's difference (for comparing runs)
-    inference_checks  the homework's inference mistakes measured: channel order, score threshold
+    inference_checks   the homework's inference mistakes measured: channel order, score threshold
+    ablation, stats    the weight-decay ablation: seeds, intervals, verdicts, decay arithmetic
     error_analysis, confusion   where the mAP goes: TIDE error types, the class-confusion matrix
     viz, plots_errors           figures and the interactive browser
     concepts      small computed examples of the course's ideas (IoU, anchors, LR, RLE, AP)

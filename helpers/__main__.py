@@ -33,7 +33,9 @@ def _cmd_stats(args) -> int:
 
 def _cmd_make_demo_data(args) -> int:
     from . import demo_data
+    from .io import check_output_dir
 
+    check_output_dir(args.root, "data root")
     root = demo_data.make_demo_data(args.root, seed=args.seed, num_train=args.num_train, num_test=args.num_test)
     print(f"wrote demo data set to {root}")
     return 0
@@ -42,6 +44,9 @@ def _cmd_make_demo_data(args) -> int:
 def _cmd_split(args) -> int:
     from . import data
 
+    from .io import check_output_dir
+
+    check_output_dir(args.out, "split")
     root = data.load_root(args.root, check_images=False)
     paths = data.make_split(root.train, args.out, val_fraction=args.val_fraction, seed=args.seed)
     print(f"train split: {paths.train}\nval split:   {paths.val}")
@@ -50,8 +55,10 @@ def _cmd_split(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     from . import evaluate
-    from .io import write_json
+    from .io import check_output_path, write_json
 
+    if args.out:
+        check_output_path(args.out, "metrics")
     metrics = evaluate.evaluate(args.gt, args.results, iou_type=args.iou_type)
     print(evaluate.format_table(metrics, title=f"{args.iou_type} metrics"))
     if args.out:
@@ -68,9 +75,43 @@ def _cmd_validate_submission(args) -> int:
     return 0
 
 
+# train's options, and whether each takes a value: accepted after the KEY VALUE overrides as well
+_TRAIN_OPTIONS = {"--config": True, "--engine": True, "--data": True, "--run-dir": True, "--resume": False}
+
+
+def _train_options_among_overrides(args) -> None:
+    """Move train options given after (or among) the overrides out of them, as if given first."""
+    from .errors import ConfigError
+
+    items, rest, i = list(args.overrides), [], 0
+    while i < len(items):
+        token = items[i]
+        name, has_value, value = token.partition("=")
+        if name in _TRAIN_OPTIONS:
+            if not _TRAIN_OPTIONS[name]:
+                args.resume, i = True, i + 1
+                continue
+            if not has_value:
+                if i + 1 >= len(items):
+                    raise ConfigError(f"train: {name} needs a value")
+                value, i = items[i + 1], i + 1
+            setattr(args, name[2:].replace("-", "_"), value)
+            i += 1
+            continue
+        if len(rest) % 2 == 0 and token.startswith("-") and not (token == "--" and not rest):
+            known = ", ".join(_TRAIN_OPTIONS)
+            raise ConfigError(f"train: unknown option {token!r} (options: {known}; overrides are KEY VALUE pairs)")
+        rest.append(token)
+        i += 1
+    args.overrides = rest
+    if not args.config:
+        raise ConfigError("train: --config is required (configs/homework.yaml, configs/demo.yaml, ...)")
+
+
 def _cmd_train(args) -> int:
     from . import experiment
 
+    _train_options_among_overrides(args)
     run_dir = experiment.train(
         config=args.config,
         overrides=args.overrides,
@@ -153,12 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_validate_submission)
 
     s = sub.add_parser("train", help="train Mask R-CNN with an experiment config")
-    s.add_argument("--config", required=True, help="experiment YAML (configs/homework.yaml, configs/demo.yaml, ...)")
+    s.add_argument("--config", default=None, help="experiment YAML (configs/homework.yaml, configs/demo.yaml, ...), "
+                   "required")
     s.add_argument("--engine", choices=["torchvision", "detectron2"], default="torchvision")
     s.add_argument("--data", default=None, help="data root in the Tiny VOC layout (default: the config's)")
     s.add_argument("--run-dir", default=None, help="run folder (default: the config's OUTPUT_DIR)")
     s.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    s.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY VALUE pairs, e.g. SOLVER.MAX_ITER 100")
+    s.add_argument("overrides", nargs=argparse.REMAINDER,
+                   help="KEY VALUE pairs, e.g. SOLVER.MAX_ITER 100 (the options above may also follow them)")
     s.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("predict", help="predict images with a trained run and write a submission file")
@@ -186,6 +229,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _close_progress_bars() -> None:
+    """Close any progress bar still open, so what follows starts on a line of its own."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # a bar half torn down by the error itself
+            pass
+    sys.stdout.flush()
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message on one line (a message from a library may span several)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "; ".join(lines) or type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     from .errors import HelpersError
 
@@ -193,9 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except HelpersError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _close_progress_bars()
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("interrupted", file=sys.stderr)
         return 130
 

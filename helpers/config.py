@@ -26,6 +26,8 @@ from typing import Any, Iterable
 import yaml
 
 from .errors import ConfigError
+from .ranges import RANGES, check_range as _check_range  # noqa: F401 (RANGES re-exported)
+from .validate import short
 
 MODEL_ZOO_BASE = "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml"
 IMAGENET = "imagenet"  # MODEL.WEIGHTS value: the engine library's own ImageNet-pretrained backbone
@@ -183,6 +185,18 @@ ENGINE_CHOICES: dict[str, dict[str, tuple]] = {
 ENGINES = ("torchvision", "detectron2")
 
 
+def check_consistency(cfg: "Config") -> None:
+    """What one key's range cannot say: values that must agree with each other."""
+    if cfg["INPUT.MIN_SIZE_TRAIN_SAMPLING"] != "choice" and len(cfg["INPUT.MIN_SIZE_TRAIN"]) != 2:
+        raise ConfigError(f"INPUT.MIN_SIZE_TRAIN = {short(cfg['INPUT.MIN_SIZE_TRAIN'])} is out of range: "
+                          f"INPUT.MIN_SIZE_TRAIN_SAMPLING {cfg['INPUT.MIN_SIZE_TRAIN_SAMPLING']!r} needs "
+                          f"[min, max]{_where(cfg)}")
+    ratios, sizes = cfg["MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"], cfg["MODEL.ANCHOR_GENERATOR.SIZES"]
+    if len(ratios) not in (1, len(sizes)):
+        raise ConfigError(f"MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS has {len(ratios)} levels: expected 1 or as many "
+                          f"as MODEL.ANCHOR_GENERATOR.SIZES ({len(sizes)}){_where(cfg)}")
+
+
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in tree.items():
@@ -220,7 +234,9 @@ class Config:
         node = self.tree
         for part in parts[:-1]:
             node = node[part]
-        node[parts[-1]] = _coerce(key, value, DEFAULT_KEYS[key])
+        value = _coerce(key, value, DEFAULT_KEYS[key])
+        _check_range(key, value)
+        node[parts[-1]] = value
         self.explicit.add(key)
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -233,6 +249,7 @@ class Config:
         """Apply overrides: a dict of dotted keys, or a flat ``[KEY, VALUE, KEY, VALUE]`` list."""
         for key, value in parse_overrides(overrides).items():
             self[key] = value
+        check_consistency(self)
         return self
 
     def copy(self) -> "Config":
@@ -352,14 +369,9 @@ def _parse_value(text: str) -> Any:
 
 
 def _read_yaml(path: Path) -> dict:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"invalid YAML in {path}{where}") from None
+    from .readers import read_yaml
+
+    data = read_yaml(path, ConfigError)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -422,3 +434,8 @@ def engine_key_table() -> list[tuple[str, Any, str, str]]:
                 cells.append("yes")
         rows.append((key, default, cells[0], cells[1]))
     return rows
+
+
+def value_range_table() -> list[tuple[str, str]]:
+    """(key, allowed values) rows for the config reference: what :data:`RANGES` accepts."""
+    return [(key, RANGES[key][1]) for key in DEFAULT_KEYS]

@@ -11,7 +11,6 @@ EXIF-rotated JPEGs.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 from collections import Counter, defaultdict
@@ -19,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 from pycocotools import mask as mask_utils
 
+from . import readers, validate
 from .errors import DataError
-from .masks import rle_problem
 from .io import write_json
 
 TRAIN_JSON = "pascal_train.json"
@@ -31,17 +29,13 @@ TEST_JSON = "test.json"
 TRAIN_IMAGES = "train_images"
 TEST_IMAGES = "test_images"
 
-BORDER_TOLERANCE = 1.0  # pixels a bbox or polygon point may reach past the image border
+BORDER_TOLERANCE = validate.BORDER_TOLERANCE  # pixels a bbox or polygon point may reach past the image border
 SMALL_AREA = 32**2  # COCO area thresholds (mask pixels)
 MEDIUM_AREA = 96**2
 
 _PROJECT_ROOT = Path(__file__).resolve().parents[1]
-_EXIF_ORIENTATION = 0x0112
-_SWAPPED_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 _CONVENTIONAL_IMAGE_DIRS = {TRAIN_JSON: TRAIN_IMAGES, TEST_JSON: TEST_IMAGES}
 _CONVENTIONAL_NAMES = {TRAIN_JSON: "train", TEST_JSON: "test"}
-_PLURALS = {"image": "images", "annotation": "annotations", "category": "categories"}
-_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)  # what PIL raises on bad files
 
 
 def default_data_root() -> Path:
@@ -50,128 +44,13 @@ def default_data_root() -> Path:
     return Path(env) if env else _PROJECT_ROOT / "data" / "tinyvoc"
 
 
-# --------------------------------------------------------------------------------------- images
+# ------------------------------------------------------------------------ images and masks
+# Image reading lives in helpers.readers and every validation rule in helpers.validate; these
+# names stay here for the notebooks and the other modules.
 
-
-def _open_image(path: Path) -> Image.Image:
-    """``Image.open`` with every failure turned into a DataError naming the file."""
-    try:
-        return Image.open(path)
-    except FileNotFoundError:
-        raise DataError(f"{path}: image file not found") from None
-    except _IMAGE_ERRORS as e:
-        raise DataError(f"{path}: cannot read image ({e})") from None
-
-
-def _oriented_size(im: Image.Image) -> tuple[int, int]:
-    """(h, w) of an opened image as displayed, i.e. after its EXIF orientation."""
-    w, h = im.size
-    try:
-        orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
-    except _IMAGE_ERRORS:  # unreadable EXIF block: treat as not rotated
-        orientation = 1
-    return (w, h) if orientation in _SWAPPED_ORIENTATIONS else (h, w)
-
-
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(h, w) of an image file from its header only, EXIF orientation applied."""
-    path = Path(path)
-    with _open_image(path) as im:
-        return _oriented_size(im)
-
-
-def _decode_fully(path: Path) -> tuple[int, int]:
-    """Decode every pixel (truncated files only fail here); return the oriented (h, w)."""
-    with _open_image(path) as im:
-        try:
-            im.load()
-        except _IMAGE_ERRORS as e:
-            raise DataError(f"{path}: corrupt or truncated image ({e})") from None
-        return _oriented_size(im)
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Any PIL mode as 8-bit RGB (alpha dropped, 16/32-bit grayscale rescaled)."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        values = np.asarray(im, dtype=np.float64)
-        top = values.max() if values.size else 0.0
-        scaled = values * (255.0 / top) if top > 255 else values
-        im = Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8))
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    return im.convert("RGB")
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """The image as an HxWx3 uint8 RGB array, EXIF orientation applied, any mode converted."""
-    path = Path(path)
-    with _open_image(path) as im:
-        try:
-            im.load()
-            rgb = _to_rgb(ImageOps.exif_transpose(im))
-        except _IMAGE_ERRORS as e:
-            raise DataError(f"{path}: corrupt, truncated or unconvertible image ({e})") from None
-        return np.asarray(rgb, dtype=np.uint8)
-
-
-# ---------------------------------------------------------------------------------------- masks
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_runs(runs: list, h: int, w: int) -> None:
-    """RLE run lengths must be non-negative integers covering exactly the h*w pixels."""
-    if not all(_is_int(r) and r >= 0 for r in runs):
-        raise ValueError("RLE 'counts' holds a negative or non-integer run")
-    if sum(runs) != h * w:
-        raise ValueError(f"RLE 'counts' cover {sum(runs)} pixels, the {h}x{w} image has {h * w}")
-
-
-def _polygons_rle(polygons: list, h: int, w: int) -> dict:
-    """The merged compressed RLE of a list of polygons [[x1, y1, x2, y2, ...], ...]."""
-    if not polygons:
-        raise ValueError("segmentation is an empty polygon list")
-    for k, part in enumerate(polygons):
-        if not isinstance(part, list) or not all(_is_number(v) for v in part):
-            raise ValueError(f"polygon {k} is not a list of numbers")
-        if len(part) < 6 or len(part) % 2:
-            raise ValueError(f"polygon {k} has {len(part)} coordinates (needs an even number, at least 6)")
-    return mask_utils.merge(mask_utils.frPyObjects(polygons, h, w))
-
-
-def _dict_rle(rle: dict, h: int, w: int) -> dict:
-    """A checked compressed RLE from an RLE object whose counts are a string or a list."""
-    size, counts = rle.get("size"), rle.get("counts")
-    if not isinstance(size, list) or size != [h, w]:
-        raise ValueError(f"RLE 'size' {_short(size)} differs from the image's [{h}, {w}]")
-    if isinstance(counts, list):
-        _check_runs(counts, h, w)
-        return mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
-    if isinstance(counts, (str, bytes)):
-        text = counts.decode("ascii", "replace") if isinstance(counts, bytes) else counts
-        problem = rle_problem(text, h, w)
-        if problem:
-            raise ValueError(f"RLE {problem}")
-        return {"size": [h, w], "counts": text.encode("ascii")}
-    raise ValueError("RLE 'counts' must be a string or a list of integers")
-
-
-def segmentation_rle(segmentation, h: int, w: int) -> dict:
-    """One compressed RLE for a COCO segmentation (polygons, compressed or uncompressed RLE).
-
-    Raises ValueError saying what is malformed (callers add the file and entry).
-    """
-    if isinstance(segmentation, list):
-        return _polygons_rle(segmentation, h, w)
-    if isinstance(segmentation, dict):
-        return _dict_rle(segmentation, h, w)
-    raise ValueError("'segmentation' must be a list of polygons or an RLE object")
+read_image = readers.read_image
+image_size = readers.image_size
+segmentation_rle = validate.segmentation_rle
 
 
 def annotation_mask(ann: dict, h: int, w: int) -> np.ndarray:
@@ -183,175 +62,21 @@ def annotation_mask(ann: dict, h: int, w: int) -> np.ndarray:
     return mask_utils.decode(rle).astype(bool)
 
 
-# ----------------------------------------------------------------------------------- validation
-
-
-def _short(value, limit: int = 60) -> str:
-    """A repr cut to ``limit`` characters for one-line messages."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _fail(path: Path, entry: str, problem: str) -> DataError:
-    return DataError(f"{path}: {entry}: {problem}")
-
-
-def _entry_name(kind: str, index: int, obj) -> str:
-    """'annotation id 7' when the entry has a usable id, else 'annotations[3]'."""
-    if isinstance(obj, dict) and _is_int(obj.get("id")):
-        return f"{kind} id {obj['id']}"
-    return f"{_PLURALS[kind]}[{index}]"
-
-
-def _require(path: Path, entry: str, obj: dict, key: str, check, expected: str):
-    """``obj[key]`` after checking it exists and passes ``check``."""
-    if key not in obj:
-        raise _fail(path, entry, f"missing key '{key}'")
-    if not check(obj[key]):
-        raise _fail(path, entry, f"'{key}' must be {expected}, got {_short(obj[key])}")
-    return obj[key]
-
-
-def _read_json(path: Path) -> dict:
-    """Parse a JSON file; a syntax error names its line and column."""
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    except (UnicodeDecodeError, OSError) as e:
-        raise DataError(f"{path}: cannot read JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: top level must be a JSON object with 'images' and 'categories'")
-    return data
-
-
-def _entries(path: Path, coco: dict, key: str) -> list:
-    """A top-level list whose items are all JSON objects."""
-    if key not in coco:
-        raise _fail(path, "top level", f"missing key '{key}'")
-    items = coco[key]
-    if not isinstance(items, list):
-        raise _fail(path, "top level", f"'{key}' must be a list")
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise _fail(path, f"{key}[{i}]", "must be a JSON object")
-    return items
-
-
-def _unique_ids(path: Path, kind: str, items: list) -> None:
-    """Every item's integer 'id' is unique."""
-    seen: set[int] = set()
-    for i, item in enumerate(items):
-        item_id = _require(path, f"{_PLURALS[kind]}[{i}]", item, "id", _is_int, "an integer")
-        if item_id in seen:
-            raise _fail(path, f"{kind} id {item_id}", f"duplicate {kind} id")
-        seen.add(item_id)
-
-
-def _check_categories(path: Path, categories: list) -> None:
-    if not categories:
-        raise _fail(path, "top level", "'categories' is empty")
-    _unique_ids(path, "category", categories)
-    names: set[str] = set()
-    for i, cat in enumerate(categories):
-        entry = _entry_name("category", i, cat)
-        name = _require(path, entry, cat, "name", lambda v: isinstance(v, str) and v, "a non-empty string")
-        if name in names:
-            raise _fail(path, entry, f"duplicate category name {name!r}")
-        names.add(name)
-
-
-def _positive_int(value) -> bool:
-    return _is_int(value) and value > 0
-
-
-def _check_images(path: Path, images: list) -> None:
-    _unique_ids(path, "image", images)
-    names: set[str] = set()
-    for i, image in enumerate(images):
-        entry = _entry_name("image", i, image)
-        name = _require(path, entry, image, "file_name", lambda v: isinstance(v, str) and v, "a file name")
-        _require(path, entry, image, "height", _positive_int, "a positive integer")
-        _require(path, entry, image, "width", _positive_int, "a positive integer")
-        if name in names:
-            raise _fail(path, entry, f"duplicate file_name {name!r}")
-        names.add(name)
-
-
-def _inside(x: float, y: float, w: int, h: int) -> bool:
-    t = BORDER_TOLERANCE
-    return -t <= x <= w + t and -t <= y <= h + t
-
-
-def _check_bbox(path: Path, entry: str, bbox: list, w: int, h: int) -> None:
-    x, y, bw, bh = bbox
-    if bw < 0 or bh < 0:
-        raise _fail(path, entry, f"'bbox' {_short(bbox)} has a negative width or height")
-    if not (_inside(x, y, w, h) and _inside(x + bw, y + bh, w, h)):
-        raise _fail(path, entry, f"'bbox' {_short(bbox)} extends outside the {w}x{h} image")
-
-
-def _check_polygon_points(path: Path, entry: str, polygons: list, w: int, h: int) -> None:
-    for k, part in enumerate(polygons):
-        for x, y in zip(part[0::2], part[1::2]):
-            if not _inside(x, y, w, h):
-                raise _fail(path, entry, f"polygon {k} point ({x}, {y}) lies outside the {w}x{h} image")
-
-
-def _is_bbox(value) -> bool:
-    return isinstance(value, list) and len(value) == 4 and all(_is_number(v) for v in value)
-
-
-def _check_annotation(path: Path, entry: str, ann: dict, image: dict, category_ids: set[int]) -> None:
-    """Keys, category, bbox and segmentation of one annotation whose image is known."""
-    cat = _require(path, entry, ann, "category_id", _is_int, "an integer")
-    if cat not in category_ids:
-        declared = ", ".join(str(c) for c in sorted(category_ids))
-        raise _fail(path, entry, f"category_id {cat} is not a declared category ({declared})")
-    _require(path, entry, ann, "iscrowd", lambda v: _is_int(v) and v in (0, 1), "0 or 1")
-    _require(path, entry, ann, "area", lambda v: _is_number(v) and v >= 0, "a non-negative number")
-    bbox = _require(path, entry, ann, "bbox", _is_bbox, "[x, y, width, height]")
-    seg = _require(path, entry, ann, "segmentation", lambda v: isinstance(v, (list, dict)), "polygons or RLE")
-    h, w = image["height"], image["width"]
-    _check_bbox(path, entry, bbox, w, h)
-    try:
-        rle = segmentation_rle(seg, h, w)
-    except ValueError as e:
-        raise _fail(path, entry, str(e)) from None
-    if isinstance(seg, list):
-        _check_polygon_points(path, entry, seg, w, h)
-    if int(mask_utils.area(rle)) == 0:
-        raise _fail(path, entry, "'segmentation' covers no pixel (degenerate or zero-area polygon)")
-
-
-def _check_annotations(path: Path, annotations: list, images: list, categories: list) -> None:
-    _unique_ids(path, "annotation", annotations)
-    images_by_id = {image["id"]: image for image in images}
-    category_ids = {cat["id"] for cat in categories}
-    for i, ann in enumerate(annotations):
-        entry = _entry_name("annotation", i, ann)
-        image_id = _require(path, entry, ann, "image_id", _is_int, "an integer")
-        if image_id not in images_by_id:
-            raise _fail(path, entry, f"image_id {image_id} is not among the file's images")
-        _check_annotation(path, f"{entry} (image id {image_id})", ann, images_by_id[image_id], category_ids)
-
-
 def _check_image_files(path: Path, image_dir: Path, images: list) -> None:
-    """Every image file exists, decodes fully and has the JSON's (oriented) size."""
+    """Every image file exists inside ``image_dir``, decodes fully and has the JSON's (oriented) size."""
     for image in images:
         entry = f"image id {image['id']}"
-        file = image_dir / image["file_name"]
+        try:
+            file = validate.image_file(image_dir, image["file_name"])
+        except DataError as e:
+            raise DataError(f"{path}: {entry}: {str(e).split(': ', 1)[1]}") from None
         if not file.is_file():
-            raise _fail(path, entry, f"image file {image['file_name']!r} not found in {image_dir}")
-        h, w = _decode_fully(file)
+            raise DataError(f"{path}: {entry}: image file {image['file_name']!r} not found in {image_dir}")
+        h, w = readers.decode_fully(file)
         if (h, w) != (image["height"], image["width"]):
-            raise _fail(
-                path,
-                entry,
-                f"JSON size {image['width']}x{image['height']} differs from the file's {w}x{h} ({file.name})",
+            raise DataError(
+                f"{path}: {entry}: JSON size {image['width']}x{image['height']} differs from the file's "
+                f"{w}x{h} ({file.name})"
             )
 
 
@@ -467,23 +192,15 @@ def load_split(
     check_images: also check that every image file exists, decodes fully and has the JSON size.
     """
     json_path = Path(json_path)
-    coco = _read_json(json_path)
+    coco = readers.read_json(json_path, DataError)
+    has_annotations = validate.check_coco(str(json_path), coco, require_annotations)
     image_dir = Path(image_dir) if image_dir is not None else _default_image_dir(json_path, coco)
     if check_images and not image_dir.is_dir():
         raise DataError(f"{image_dir}: image folder not found (images of {json_path.name})")
-    categories = _entries(json_path, coco, "categories")
-    images = _entries(json_path, coco, "images")
-    _check_categories(json_path, categories)
-    _check_images(json_path, images)
-    has_annotations = require_annotations is not False and "annotations" in coco
-    if require_annotations and not has_annotations:
-        raise _fail(json_path, "top level", "missing key 'annotations'")
-    if has_annotations:
-        _check_annotations(json_path, _entries(json_path, coco, "annotations"), images, categories)
-    else:
+    if not has_annotations:
         coco["annotations"] = []
     if check_images:
-        _check_image_files(json_path, image_dir, images)
+        _check_image_files(json_path, image_dir, coco["images"])
     return Split(name or _default_name(json_path, coco), json_path, image_dir, coco, has_annotations)
 
 
@@ -665,8 +382,8 @@ def _split_info(split: Split, val_fraction: float, seed: int) -> dict:
 def _recorded_info(path: Path) -> dict | None:
     """The 'info' of an existing split file without its 'split' key, or None when unreadable."""
     try:
-        info = json.loads(path.read_text(encoding="utf-8")).get("info")
-    except (OSError, ValueError, AttributeError):
+        info = readers.read_json(path, DataError).get("info")
+    except (DataError, AttributeError):
         return None
     return {k: v for k, v in info.items() if k != "split"} if isinstance(info, dict) else None
 
@@ -720,7 +437,7 @@ def _mask_areas(split: Split) -> list[int]:
         try:
             rle = segmentation_rle(ann["segmentation"], image["height"], image["width"])
         except ValueError as e:
-            raise _fail(split.json_path, f"annotation id {ann['id']}", str(e)) from None
+            raise DataError(f"{split.json_path}: annotation id {ann['id']}: {e}") from None
         areas.append(int(mask_utils.area(rle)))
     return areas
 

@@ -19,3 +19,7 @@ class SubmissionError(HelpersError):
 
 class EngineError(HelpersError):
     """An engine is unavailable, or training / prediction cannot go on (NaN loss, missing weights)."""
+
+
+class WriteError(HelpersError):
+    """A file cannot be written (disk full, permission denied, a folder in the way); nothing partial is left."""

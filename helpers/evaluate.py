@@ -18,8 +18,10 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .errors import DataError, SubmissionError
-from .submission import load_json, load_results, source_name
+from .errors import DataError
+from .readers import load_json
+from .submission import load_results
+from .validate import category_names, check_coco, check_results, image_sizes, source_name
 
 METRIC_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 IOU_TYPES = ("segm", "bbox")
@@ -187,65 +189,40 @@ def _no_detections(dataset: dict) -> dict:
             "annotations": []}
 
 
+_IMAGE_KEYS = ("id", "file_name", "height", "width")
+_CATEGORY_KEYS = ("id", "name", "supercategory")
+_ANNOTATION_KEYS = ("id", "image_id", "category_id", "iscrowd", "area", "bbox", "segmentation")
+_RESULT_KEYS = ("image_id", "category_id", "score", "bbox", "segmentation")
+
+
+def _copy(items: list[dict], keys: tuple[str, ...]) -> list[dict]:
+    """Private copies of checked entries with only the keys pycocotools reads (it writes into them)."""
+    return [{k: copy.deepcopy(item[k]) for k in keys if k in item} for item in items]
+
+
 def _load_ground_truth(gt: Any, iou_type: str) -> dict:
-    """A private copy of a ground-truth dataset, checked for what COCOeval reads."""
+    """A private copy of a ground-truth dataset, checked as validate-data checks it (image files aside)."""
     name = source_name(gt, "the ground truth")
     data = gt.dataset if isinstance(gt, COCO) else load_json(gt, DataError)
-    if not isinstance(data, dict):
-        raise DataError(f"{name}: expected a COCO JSON object, got {type(data).__name__}")
-    for key in ("images", "categories", "annotations"):
-        if not isinstance(data.get(key), list):
-            hint = " (a test file? evaluation needs ground truth)" if key == "annotations" else ""
-            raise DataError(f"{name}: no '{key}' list{hint}")
-    needed = ("id", "image_id", "category_id", "iscrowd", "area", "segmentation" if iou_type == "segm" else "bbox")
-    for index, ann in enumerate(data["annotations"]):
-        missing = [key for key in needed if key not in ann]
-        if missing:
-            raise DataError(f"{name}: annotation {index} has no '{missing[0]}'")
-    dataset = copy.deepcopy(data)
-    dataset.setdefault("info", {})  # some pycocotools releases' loadRes read it unconditionally
-    return dataset
+    check_coco(name, data, require_annotations=True, hint=" (a test file? evaluation needs ground truth)")
+    return {"info": {},  # some pycocotools releases' loadRes read it unconditionally
+            "images": _copy(data["images"], _IMAGE_KEYS), "categories": _copy(data["categories"], _CATEGORY_KEYS),
+            "annotations": _copy(data["annotations"], _ANNOTATION_KEYS)}
 
 
 def _load_detections(results: Any, dataset: dict, iou_type: str, gt_name: str) -> list[dict]:
-    """A private copy of the results list, checked for what loadRes and COCOeval read."""
-    name = source_name(results, "results")
-    detections = copy.deepcopy(load_results(results))
-    first = detections[0] if detections and isinstance(detections[0], dict) else {}
-    keys = _required_keys(first, iou_type)
-    for index, det in enumerate(detections):
-        problem = _detection_problem(det, keys, rle_only="bbox" not in first)
-        if problem:
-            raise SubmissionError(f"{name}: entry {index}: {problem}")
-    unknown = sorted({det["image_id"] for det in detections} - {img["id"] for img in dataset["images"]})
-    if unknown:
-        shown = ", ".join(map(str, unknown[:5])) + (", ..." if len(unknown) > 5 else "")
-        raise SubmissionError(f"{name}: results for image_id {shown}, not an image of {gt_name}")
-    return detections
+    """A private copy of the results list, checked as validate-submission checks a submission.
 
-
-def _required_keys(first: dict, iou_type: str) -> tuple[str, ...]:
-    """The keys every result needs: loadRes reads a 'bbox' from all when the first has one, else a
-    'segmentation' from all; segm evaluation needs a 'segmentation' anyway."""
-    geometry = ["bbox"] if "bbox" in first else ["segmentation"]
-    if iou_type == "segm" and "segmentation" not in geometry:
-        geometry.append("segmentation")
-    return ("image_id", "category_id", "score", *geometry)
-
-
-def _detection_problem(det: Any, keys: tuple[str, ...], rle_only: bool) -> str | None:
-    """What keeps one result dict from being evaluated, or None.
-
-    ``rle_only``: loadRes measures areas on the segmentation, which must then be a compressed RLE.
+    Every entry needs image_id, category_id and a score in [0, 1]; a 'bbox' from all when the first
+    has one (loadRes reads it from all), else a compressed-RLE 'segmentation' (loadRes measures areas
+    on it), and for segm evaluation a 'segmentation' anyway. Any segmentation given is checked.
     """
-    if not isinstance(det, dict):
-        return f"must be an object, got {type(det).__name__}"
-    for key in keys:
-        if key not in det:
-            return f"missing key '{key}'"
-    if rle_only and not isinstance(det["segmentation"], dict):
-        return "segmentation must be an RLE object {\"size\", \"counts\"}"
-    return None
+    name = source_name(results, "results")
+    detections = load_results(results)
+    with_bbox = bool(detections) and isinstance(detections[0], dict) and "bbox" in detections[0]
+    check_results(name, detections, image_sizes(dataset), category_names(dataset),
+                  segm=iou_type == "segm" or not with_bbox, bbox=with_bbox, reference=gt_name)
+    return _copy(detections, _RESULT_KEYS)
 
 
 # --------------------------------------------------------------------------- reading COCOeval's arrays

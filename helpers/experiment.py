@@ -12,6 +12,7 @@ from typing import Any, Iterable
 from . import data, runs
 from .config import Config, load_config
 from .errors import DataError, EngineError
+from .io import check_output_dir, check_output_path
 
 
 def resolve_data_root(cfg: Config, data_root: str | Path | None) -> Path:
@@ -83,6 +84,7 @@ def setup_run(
     runs.best_metric(cfg)  # TEST.BEST_METRIC names a val metric
     root = resolve_data_root(cfg, data_root)
     run_dir = Path(run_dir or cfg["OUTPUT_DIR"]).expanduser().resolve()
+    _check_run_dir(run_dir)
     main = process_rank() == 0
     splits = prepare_split(cfg, root, Path(split_dir) if split_dir else run_dir / "data", write=main)
     categories = data.load_split(splits.train if main else root / data.TRAIN_JSON, check_images=False).categories
@@ -102,6 +104,13 @@ def trains_on_all(cfg: Config) -> bool:
     """DATASETS.VAL_FRACTION 0: every annotated image trains, there is no val split and nothing is evaluated
     (the final submission, with the schedule chosen on the split)."""
     return cfg["DATASETS.VAL_FRACTION"] <= 0
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """A run folder is a folder we can write, and what it already holds is readable."""
+    check_output_dir(run_dir, "run")
+    if run_dir.is_dir():
+        runs.read_run_info(run_dir)  # a truncated run.json: one line naming it, before any work
 
 
 def train(
@@ -125,7 +134,7 @@ def train(
     cfg, splits, run_dir = setup_run(config, overrides, engine, data_root, run_dir, split_dir, match_num_classes)
     if resume and runs.is_finished(run_dir):
         return run_dir
-    if not resume and runs.last_checkpoint(run_dir) is not None:
+    if not resume and (runs.last_checkpoint(run_dir) is not None or runs.checkpoints(run_dir)):
         raise EngineError(f"{run_dir} already holds checkpoints: pass --resume to continue it, or choose another --run-dir")
     module = get_engine(engine)
     recorded = runs.read_run_info(run_dir).get("engine")
@@ -138,20 +147,36 @@ def train(
         runs.remove_partial_writes(run_dir)
         cfg.save(run_dir / runs.CONFIG)
         runs.write_run_info(run_dir, engine=engine, data_root=cfg["DATASETS.ROOT"], train_split=str(splits.train),
-                            val_split=str(splits.val), status="training")
+                            val_split=str(splits.val), status="training", error=None)
     _wait_for_rank0()
-    final = module.train(cfg, splits, run_dir, resume=resume, progress=progress)
-    if main:
-        runs.write_run_info(run_dir, status="finished", final_metrics=final)
+    try:
+        final = module.train(cfg, splits, run_dir, resume=resume, progress=progress)
+        if main:
+            runs.write_run_info(run_dir, status="finished", final_metrics=final)
+    except BaseException as e:  # any reason, an interrupt included: run.json must not say "training"
+        if main:
+            runs.record_failure(run_dir, e)
+        raise
     return run_dir
 
 
 def load_run(run_dir: str | Path) -> tuple[Config, dict]:
     """The resolved config and run.json of a trained run."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise EngineError(f"{run_dir}: not a run folder ({'a file' if run_dir.exists() else 'not found'})")
     if not (run_dir / runs.CONFIG).is_file():
         raise EngineError(f"{run_dir} is not a run folder (no {runs.CONFIG})")
-    return load_config(run_dir / runs.CONFIG), runs.read_run_info(run_dir)
+    info = runs.read_run_info(run_dir)
+    path = run_dir / runs.RUN_INFO
+    if not info:
+        raise EngineError(f"{path}: missing or empty: not a trained run folder (train it with `python -m helpers train`)")
+    for key in ("engine", "train_split"):
+        if not isinstance(info.get(key), str) or not info[key]:
+            raise EngineError(f"{path}: incomplete run record: no '{key}' (was the run's training started here?)")
+    if info["engine"] not in ("torchvision", "detectron2"):
+        raise EngineError(f"{path}: unknown engine {info['engine']!r} in the run record")
+    return load_config(run_dir / runs.CONFIG), info
 
 
 def load_predictor(run_dir: str | Path, checkpoint: str = "best", score_thresh: float | None = None,
@@ -169,7 +194,7 @@ def load_predictor(run_dir: str | Path, checkpoint: str = "best", score_thresh: 
     if device is not None:
         cfg["MODEL.DEVICE"] = device
     categories = data.load_split(info["train_split"], check_images=False).categories
-    module = get_engine(info.get("engine", "torchvision"))
+    module = get_engine(info["engine"])
     predictor = module.load_predictor(cfg, runs.resolve_checkpoint(Path(run_dir), checkpoint), categories)
     predictor.swap_channels = swap_channels
     return predictor
@@ -218,6 +243,7 @@ def predict(run_dir: str | Path, images: str | Path, out: str | Path, checkpoint
 
     from .submission import instances_to_results, validate_submission, write_submission
 
+    check_output_path(out, "submission")
     pairs, json_path = images_to_predict(images, image_dir)
     predictor = load_predictor(run_dir, checkpoint, score_thresh, device)
     ids = {p: i for i, p in pairs}
@@ -252,12 +278,13 @@ def evaluate_run(run_dir: str | Path, split_json: str | Path | None = None, chec
     from .io import write_json
 
     run_dir = Path(run_dir)
+    out_dir = Path(out_dir or run_dir)
+    check_output_dir(out_dir, "evaluation output")
     split = val_split(run_dir, split_json)
     predictor = load_predictor(run_dir, checkpoint, score_thresh)
     start = time.perf_counter()
     results = predict_split(predictor, split, progress=progress)
     seconds = (time.perf_counter() - start) / max(len(split.images), 1)
-    out_dir = Path(out_dir or run_dir)
     write_json(out_dir / VAL_RESULTS, results)
     report = {iou: evaluate(split.coco, results, iou_type=iou) for iou in ("segm", "bbox")}
     report.update(split=str(split.json_path), checkpoint=checkpoint, seconds_per_image=seconds,
@@ -273,4 +300,6 @@ def val_split(run_dir: str | Path, split_json: str | Path | None = None) -> data
     if split_json is None and trains_on_all(cfg):
         raise DataError(f"{run_dir} trained on every image (DATASETS.VAL_FRACTION 0): it has no val split to "
                         f"measure on; measure the run trained on the split instead")
+    if split_json is None and not isinstance(info.get("val_split"), str):
+        raise EngineError(f"{Path(run_dir) / runs.RUN_INFO}: incomplete run record: no 'val_split'")
     return data.load_split(split_json or info["val_split"], check_images=False)

@@ -103,3 +103,13 @@ def rle_problem(counts: Any, height: int, width: int) -> str | None:
     if sum(runs) != height * width:
         return (f"counts cover {sum(runs)} pixels, a {height}x{width} mask has {height * width}")
     return None
+
+
+def runs_problem(runs: Any, height: int, width: int) -> str | None:
+    """Why ``runs`` are not the uncompressed RLE counts (COCO's crowd format) of an ``height`` x ``width``
+    mask, or None: non-negative integers, background first, covering exactly the h*w pixels."""
+    if not isinstance(runs, list) or not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in runs):
+        return "'counts' holds a negative or non-integer run"
+    if sum(runs) != height * width:
+        return f"'counts' cover {sum(runs)} pixels, the {height}x{width} image has {height * width}"
+    return None

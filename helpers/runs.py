@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import EngineError
-from .io import atomic_write, write_json, write_text
+from .errors import EngineError, HelpersError, WriteError
+from .io import atomic_write, write_error, write_json, write_text
 
 CONFIG = "config.yaml"
 RUN_INFO = "run.json"
@@ -49,13 +51,108 @@ def save_checkpoint(run_dir: Path, name: str, state: dict[str, Any], tag_last: b
     return path
 
 
-def last_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint named by ``last_checkpoint``, or None for a fresh run."""
+_PERIODIC = re.compile(r"model_(\d{7})\.pth")
+
+
+def _tagged_checkpoint(run_dir: Path) -> Path | None:
+    """The file ``last_checkpoint`` names (it may be missing or damaged), or None without a usable tag."""
     tag = Path(run_dir) / LAST
-    if not tag.is_file():
+    try:
+        name = tag.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
         return None
-    path = Path(run_dir) / tag.read_text(encoding="utf-8").strip()
-    return path if path.is_file() else None
+    if not name or "/" in name or "\\" in name or name in (".", ".."):
+        return None
+    return Path(run_dir) / name
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint named by ``last_checkpoint``, or None for a fresh run (not loaded: see
+    :func:`resume_checkpoint` for the one to trust)."""
+    path = _tagged_checkpoint(run_dir)
+    return path if path is not None and path.is_file() else None
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The run's resumable checkpoints (periodic ones and model_final.pth), newest first by name."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if (m := _PERIODIC.fullmatch(p.name)) and p.is_file()]
+    ordered = [p for _, p in sorted(found, reverse=True)]
+    return ([run_dir / FINAL] if (run_dir / FINAL).is_file() else []) + ordered
+
+
+def load_error_text(error: BaseException) -> str:
+    """One line for what torch.load raised: its type and the problem, without torch's paragraphs of advice."""
+    text = str(error)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "").split(". ")[0]
+    return f"{type(error).__name__}: {first[:200]}" if first else type(error).__name__
+
+
+def torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` on the CPU, without torch's warnings about pickle protocols."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def checkpoint_problem(path: Path) -> tuple[int | None, str | None]:
+    """(iteration, None) when ``path`` loads completely as one of our checkpoints, else (None, why)."""
+    import zipfile
+
+    if not path.is_file():
+        return None, "file not found"
+    try:  # torch.save writes a zip with a CRC per record, which torch.load itself does not check
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                return None, f"is damaged (record {bad} fails its CRC check)"
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError, NotImplementedError) as e:
+        return None, f"is damaged ({type(e).__name__}: {e})"
+    try:
+        state = torch_load(path)
+    except Exception as e:  # torch raises many types for a truncated or corrupt file
+        return None, f"does not load ({load_error_text(e)})"
+    iteration = state.get("iteration") if isinstance(state, dict) else None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict) or not isinstance(iteration, int):
+        return None, "is not a complete checkpoint (no 'model' state dict and 'iteration')"
+    return iteration, None
+
+
+def resume_checkpoint(run_dir: Path, retag: bool = True) -> Path | None:
+    """The newest checkpoint that loads completely, or None for a fresh run.
+
+    The one ``last_checkpoint`` names comes first; when it is damaged (a sync that left a partial
+    file, a truncated copy), the newest complete one is used instead, with a warning naming the
+    damaged file and the iteration resumed from, and (``retag``) ``last_checkpoint`` is pointed at it.
+    """
+    run_dir = Path(run_dir)
+    tagged = _tagged_checkpoint(run_dir)
+    candidates = ([tagged] if tagged is not None else []) + [p for p in checkpoints(run_dir) if p != tagged]
+    if not candidates:
+        return None
+    damaged: list[str] = []
+    for path in candidates:
+        iteration, problem = checkpoint_problem(path)
+        if problem is None:
+            if damaged:
+                print(f"warning: {'; '.join(damaged)}; using {path} (iteration {iteration}) instead",
+                      file=sys.stderr, flush=True)
+                if retag:
+                    write_text(run_dir / LAST, path.name)
+            return path
+        damaged.append(f"{path} {problem}")
+    raise EngineError(f"{run_dir}: no complete checkpoint to resume from ({damaged[0]}); "
+                      f"remove the damaged files to start again from iteration 0")
 
 
 def remove_partial_writes(run_dir: Path) -> list[Path]:
@@ -67,13 +164,13 @@ def remove_partial_writes(run_dir: Path) -> list[Path]:
 
 
 def resolve_checkpoint(run_dir: Path, which: str = "best") -> Path:
-    """``best`` (falls back to final), ``final``, ``last`` or a path to a .pth file."""
+    """``best`` (falls back to final), ``final``, ``last`` (the newest complete one, see
+    :func:`resume_checkpoint`) or a path to a .pth file."""
     run_dir = Path(run_dir)
-    candidates = {
-        "best": [run_dir / BEST, run_dir / FINAL],
-        "final": [run_dir / FINAL],
-        "last": [p for p in [last_checkpoint(run_dir)] if p],
-    }.get(which, [Path(which)])
+    if which == "last":
+        candidates = [p for p in [resume_checkpoint(run_dir, retag=False)] if p]
+    else:
+        candidates = {"best": [run_dir / BEST, run_dir / FINAL], "final": [run_dir / FINAL]}.get(which, [Path(which)])
     for path in candidates:
         if path.is_file():
             return path
@@ -88,9 +185,53 @@ def write_run_info(run_dir: Path, **info: Any) -> dict:
     return data
 
 
-def read_run_info(run_dir: Path) -> dict:
+def record_failure(run_dir: Path, error: BaseException) -> None:
+    """Best effort, never raising: status ``failed`` and the one-line reason in run.json.
+
+    On a full disk the atomic rewrite can fail for want of a block; run.json is then rewritten in
+    place when the new record fits in the blocks it already has.
+    """
+    text = " ".join(str(error).split())
+    if isinstance(error, HelpersError):
+        reason = text
+    elif isinstance(error, KeyboardInterrupt):
+        reason = "interrupted (KeyboardInterrupt)"
+    else:
+        reason = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    try:
+        data = read_run_info(run_dir)
+    except HelpersError:
+        data = {}
+    data.update(status="failed", error=reason)
+    text = json.dumps(data, indent=2)
     path = Path(run_dir) / RUN_INFO
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    try:
+        write_text(path, text)
+    except WriteError:
+        try:
+            with open(path, "r+b") as f:
+                allocated = os.fstat(f.fileno()).st_blocks * 512
+                encoded = text.encode("utf-8")
+                if len(encoded) <= allocated:
+                    f.write(encoded)
+                    f.truncate()
+                    f.flush()
+                    os.fsync(f.fileno())
+        except OSError:
+            pass
+
+
+def read_run_info(run_dir: Path) -> dict:
+    """run.json ({} when absent); a damaged one is an EngineError naming it."""
+    from .readers import read_json
+
+    path = Path(run_dir) / RUN_INFO
+    if not path.exists():
+        return {}
+    info = read_json(path, EngineError)
+    if not isinstance(info, dict):
+        raise EngineError(f"{path}: damaged run record: expected a JSON object, got {type(info).__name__}")
+    return info
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -124,20 +265,36 @@ def truncate_metrics(run_dir: Path, start_iter: int) -> None:
 
 
 class MetricsLog:
-    """Appends one JSON line per record to metrics.json, flushed so a kill loses at most one line."""
+    """Appends one JSON line per record to metrics.json, synced so a kill loses at most one line."""
 
     def __init__(self, run_dir: Path, start_iter: int):
         truncate_metrics(run_dir, start_iter)
         self.path = Path(run_dir) / METRICS
-        self._f = open(self.path, "a", encoding="utf-8")
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        except OSError as e:
+            raise write_error(self.path, e) from None
 
     def write(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(record) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        """Append one line; a failed write is cut off again (no partial line) and raised as a WriteError."""
+        data = (json.dumps(record) + "\n").encode("utf-8")
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
+        except OSError as e:
+            try:
+                os.ftruncate(self._fd, start)
+            except OSError:
+                pass
+            raise write_error(self.path, e) from None
 
     def close(self) -> None:
-        self._f.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> "MetricsLog":
         return self
@@ -170,8 +327,17 @@ def is_new_best(run_dir: Path, value: float, key: str = DEFAULT_BEST_METRIC) -> 
 
 def read_best(run_dir: Path) -> dict | None:
     """best.json: {"iteration", "metric", "value"}, or None before the first evaluation."""
+    from .readers import read_json
+
     info_path = Path(run_dir) / BEST_INFO
-    return json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else None
+    if not info_path.exists():
+        return None
+    best = read_json(info_path, EngineError)
+    if not (isinstance(best, dict) and isinstance(best.get("iteration"), int)
+            and isinstance(best.get("value"), (int, float)) and not isinstance(best.get("value"), bool)):
+        raise EngineError(f"{info_path}: damaged record of the best checkpoint (expected iteration, metric, value); "
+                          f"delete it and {BEST} to track the best again")
+    return best
 
 
 def record_best(run_dir: Path, iteration: int, value: float, key: str = DEFAULT_BEST_METRIC) -> None:

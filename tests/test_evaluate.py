@@ -244,9 +244,10 @@ def test_results_for_unknown_image_name_it(scene):
 
 @pytest.mark.parametrize("content, error, match", [
     (None, DataError, "file not found"),
-    ("{not json", DataError, "not valid JSON"),
-    ('{"images": [], "categories": []}', DataError, "no 'annotations' list"),
-    ("[]", DataError, "expected a COCO JSON object"),
+    ("{not json", DataError, "invalid JSON at line 1"),
+    ('{"images": [], "categories": [{"id": 1, "name": "a"}]}', DataError,
+     r"missing key 'annotations' \(a test file\? evaluation needs ground truth\)"),
+    ("[]", DataError, "top level must be a JSON object"),
 ])
 def test_bad_ground_truth_file(tmp_path, content, error, match):
     path = tmp_path / "gt.json"
@@ -259,21 +260,31 @@ def test_bad_ground_truth_file(tmp_path, content, error, match):
 
 @pytest.mark.parametrize("content, match", [
     (None, "file not found"),
-    ("[{", "not valid JSON"),
+    ("[{", "invalid JSON"),
     ('{"a": 1}', "JSON list"),
     ('[{"image_id": 10, "category_id": 1, "segmentation": {}}]', "entry 0: missing key 'score'"),
     ('[{"image_id": 10, "category_id": 1, "score": 1}]', "entry 0: missing key 'segmentation'"),
     ('[7]', "entry 0: must be an object"),
     ('[{"image_id": 10, "category_id": 1, "score": 1, "segmentation": [[1, 1, 5, 1, 5, 5]]}]',
      "entry 0: segmentation must be an RLE object"),
-    ('[{"image_id": 10, "category_id": 1, "score": 1, "bbox": [1, 1, 5, 5], "segmentation": {}}, '
-     '{"image_id": 10, "category_id": 1, "score": 1, "segmentation": {}}]', "entry 1: missing key 'bbox'"),
+    ('[{"image_id": 10, "category_id": 1, "score": 1, "bbox": [1, 1, 5, 5], "segmentation": "SEG"}, '
+     '{"image_id": 10, "category_id": 1, "score": 1, "segmentation": "SEG"}]', "entry 1: missing key 'bbox'"),
+    ('[{"image_id": 10, "category_id": 1, "score": 1, "segmentation": {"size": [97, 131], "counts": "0000"}}]',
+     "entry 0: segmentation counts cover 0 pixels"),
+    ('[{"image_id": 10, "category_id": 1, "score": "high", "segmentation": "SEG"}]',
+     "entry 0: score must be a finite number"),
+    ('[{"image_id": 10, "category_id": 1, "score": null, "segmentation": "SEG"}]',
+     "entry 0: score must be a finite number"),
+    ('[{"image_id": [10], "category_id": 1, "score": 0.5, "segmentation": "SEG"}]',
+     "entry 0: image_id must be an integer"),
+    ('[{"image_id": 10, "category_id": 1, "score": 0.5, "segmentation": {"size": [97, 131], "counts": [12707]}}]',
+     "entry 0: segmentation counts must be a str"),
 ])
 def test_bad_results_file(scene, tmp_path, content, match):
     gt_path = scene[0]
     path = tmp_path / "bad.json"
     if content is not None:
-        path.write_text(content)
+        path.write_text(content.replace('"SEG"', json.dumps(encode(np.zeros((97, 131), bool)))))
     with pytest.raises(SubmissionError, match=match) as info:
         evaluate(gt_path, path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)

@@ -273,7 +273,9 @@ BAD_SUBMISSIONS = {
     "counts-short": (with_entry(3, counts="52"), "entry 3: segmentation counts cover 7 pixels, a 33x20 mask has 660"),
     "counts-other-size": (with_entry(3, counts=FOREIGN_COUNTS), "counts cover 693 pixels"),
     "bbox-partial": ([dict(e, bbox=[0.0, 0.0, 1.0, 1.0]) for e in valid_submission()[:2]] + valid_submission()[2:],
-                     "entry 2: bbox must be [x, y, width, height]"),
+                     "entry 2: missing key 'bbox' (entry 0 has a 'bbox', so every entry needs one)"),
+    "bbox-strings": ([dict(e, bbox=["0", "0", "1", "1"]) for e in valid_submission()],
+                     "entry 0: bbox must be [x, y, width, height]"),
 }
 
 
@@ -295,7 +297,7 @@ def test_bad_submission_is_rejected(case, test_json, tmp_path):
     assert match in message and message.startswith(str(path)) and "\n" not in message
 
 
-@pytest.mark.parametrize("content, match", [(None, "file not found"), ("[{]", "not valid JSON")])
+@pytest.mark.parametrize("content, match", [(None, "file not found"), ("[{]", "invalid JSON")])
 def test_unreadable_submission_file(test_json, tmp_path, content, match):
     path = tmp_path / "sub.json"
     if content is not None:
@@ -307,8 +309,18 @@ def test_unreadable_submission_file(test_json, tmp_path, content, match):
 def test_unreadable_test_file(tmp_path):
     with pytest.raises(DataError, match="file not found"):
         validate_submission(tmp_path / "nope.json", [])
-    with pytest.raises(DataError, match="'images' need id, height, width"):
-        validate_submission({"images": [{"id": 1}], "categories": []}, [])
+    with pytest.raises(DataError, match="test json: image id 1: missing key 'file_name'"):
+        validate_submission({"images": [{"id": 1}], "categories": [{"id": 1, "name": "cat"}]}, [])
+
+
+def test_broken_test_file_is_blamed_not_the_submission(tmp_path):
+    test = make_test_file()
+    test["images"][1]["id"] = "2"  # a string id: every entry for image 2 would look unknown
+    path = tmp_path / "test.json"
+    path.write_text(json.dumps(test))
+    with pytest.raises(DataError) as info:
+        validate_submission(path, valid_submission())
+    assert str(info.value).startswith(f"{path}: images[1]: 'id' must be an integer")
 
 
 # --------------------------------------------------------------------------- CLI

@@ -113,7 +113,8 @@ def train(cfg: Config, splits: data.SplitPaths, run_dir: Path, resume: bool = Fa
 
     run_dir = Path(run_dir)
     node = detectron2_config(cfg, splits, run_dir)
-    checkpoint = runs.last_checkpoint(run_dir) if resume else None
+    # verified: a damaged last checkpoint falls back to the newest complete one, which last_checkpoint then names
+    checkpoint = runs.resume_checkpoint(run_dir, retag=comm.is_main_process()) if resume else None
     start = _checkpoint_iteration(checkpoint) + 1 if checkpoint else 0
     if comm.is_main_process():
         write_text(run_dir / D2_CONFIG, node.dump())
@@ -152,7 +153,11 @@ def load_predictor(cfg: Config, checkpoint: Path, categories: list[dict]) -> bas
     cfg["MODEL.WEIGHTS"] = ""  # the checkpoint holds every weight
     node = detectron2_config(cfg)
     model = build_model(node)
-    DetectionCheckpointer(model).load(str(checkpoint))
+    try:
+        DetectionCheckpointer(model).load(str(checkpoint))
+    except Exception as e:  # a truncated or garbage file: one line, not fvcore's traceback
+        raise EngineError(f"cannot read weights from {checkpoint}: not a checkpoint of this model, or damaged "
+                          f"({runs.load_error_text(e)})") from None
     return _predictor(model.eval(), node, categories)
 
 

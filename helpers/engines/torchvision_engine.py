@@ -378,9 +378,10 @@ def _read_state_dict(path: Path) -> dict:
     if path.suffix == ".pkl":
         raise EngineError(f"{path}: detectron2 .pkl weights are for the detectron2 engine; the torchvision engine reads .pth")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a bad file
-        raise EngineError(f"cannot read weights from {path}: {type(e).__name__}: {e}") from None
+        state = runs.torch_load(path)
+    except Exception as e:  # torch raises many types for a bad file, some with paragraphs of advice
+        raise EngineError(f"cannot read weights from {path}: not a PyTorch weights file, or damaged "
+                          f"({runs.load_error_text(e)})") from None
     state = state.get("model", state) if isinstance(state, dict) else None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise EngineError(f"{path} holds neither a checkpoint with a 'model' state dict nor a state dict")
@@ -607,7 +608,7 @@ class _Trainer:
 
     def run(self, resume: bool, progress: bool) -> dict:
         """Train from scratch or from the last checkpoint up to MAX_ITER; the final val metrics."""
-        checkpoint = runs.last_checkpoint(self.run_dir) if resume else None
+        checkpoint = runs.resume_checkpoint(self.run_dir) if resume else None  # verified: falls back past damage
         torch.manual_seed(self.seed)
         self.model = build_model(self.cfg, len(self.split.categories), load_weights=checkpoint is None)
         if self.cfg["MODEL.RESNETS.NORM"] == "SyncBN" and self.ctx.world > 1:
