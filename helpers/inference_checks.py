@@ -91,7 +91,7 @@ def threshold_sweep(run_dir: str | Path, out_dir: str | Path, checkpoint: str = 
 def format_channel_order(report: dict) -> str:
     lines = [f"model trained with {report['trained_with']} ({report['engine']} engine), val split:"]
     for r in report["rows"]:
-        what = "as trained" if r["as_trained"] else "swapped (the homework's mistake)"
+        what = "as trained" if r["as_trained"] else "swapped, as the homework did"
         lines.append(f"  fed {r['fed']} ({what}): {METRIC_LABELS[HEADLINE]} {r[HEADLINE]:.4f}, "
                      f"{METRIC_LABELS['segm/AP']} {r['segm/AP']:.4f}")
     return "\n".join(lines)

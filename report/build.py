@@ -99,19 +99,20 @@ class Report:
         self.sections: list[str] = []
         self.written: list[str] = []
 
-    def caption(self, text: str) -> str:
-        return ("DEMO run (synthetic shapes, not Tiny VOC): " + text) if self.demo else text
+    def caption(self, text: str, ours: bool = True) -> str:
+        """``ours=False``: a figure of published results, not of this run (no demo mark)."""
+        return ("DEMO run (synthetic shapes, not Tiny VOC): " + text) if self.demo and ours else text
 
-    def figure(self, fig, name: str, caption: str) -> None:
+    def figure(self, fig, name: str, caption: str, ours: bool = True) -> None:
         viz.save_figure(fig, self.fig_dir / f"{name}.png")
         self.written.append(f"{name}.png")
-        self.sections.append(f"![{name}](figures/{name}.png)\n\n*{self.caption(caption)}*\n")
+        self.sections.append(f"![{name}](figures/{name}.png)\n\n*{self.caption(caption, ours)}*\n")
 
-    def table(self, columns, rows, name: str, caption: str, title: str) -> None:
+    def table(self, columns, rows, name: str, caption: str, title: str, ours: bool = True) -> None:
         """The table as a figure and, beside it, as Markdown text."""
-        if self.demo:
+        if self.demo and ours:
             title = "DEMO run: " + title
-        self.figure(viz.table_figure(columns, rows, title=title), name, caption)
+        self.figure(viz.table_figure(columns, rows, title=title), name, caption, ours)
         self.sections.append(markdown_table(columns, rows) + "\n")
 
     def text(self, markdown: str) -> None:
@@ -216,7 +217,7 @@ def build(run_root: Path, out_dir: Path) -> Path:
     best = runs.read_best(train_dir)
     if best:
         rep.text(f"`model_best.pth` was chosen by val {METRIC_LABELS.get(best['metric'], best['metric'])} "
-                 f"(`{best['metric']}` = {metric_text(best['value'])}) at iteration {best['iteration']}.")
+                 f"(`{best['metric']}` = {metric_text(best['value'])}) after iteration {best['iteration'] + 1}.")
     elif on_all:
         rep.text("No best checkpoint: with no val split nothing was evaluated; predictions use `model_final.pth`.")
 
@@ -314,8 +315,8 @@ def _published_section(rep: Report, run_root: Path, cfg, kind: str, on_all: bool
     col = f"{HEADLINE_LABEL}, {PUBLISHED_LABEL}"
     rows = [[who, model, iters, value, note] for who, model, iters, value, note in PUBLISHED]
     rep.table(["who", "model", "iterations", col, "note"], rows, "fig9_published",
-              f"Published results on Tiny VOC ({PUBLISHED_LABEL}; ../shared/NOTES.md).",
-              f"Published Tiny VOC results ({PUBLISHED_LABEL})")
+              f"Published results on Tiny VOC ({PUBLISHED_LABEL}; ../shared/NOTES.md), not this run's.",
+              f"Published Tiny VOC results ({PUBLISHED_LABEL})", ours=False)
     if kind != "tinyvoc":
         rep.text("This run is not on Tiny VOC, so none of its numbers is set beside these." if kind == "other" else
                  "This is a demo run on synthetic shapes: none of its numbers is set beside these.")

@@ -287,3 +287,26 @@ def test_build_optimizer_is_detectron2s_with_its_weight_decay_groups(project_roo
     from engine_checks import weight_decay_groups_of
 
     assert sum(g["values"] for g in weight_decay_groups_of(d2e, project_root, demo_root)) > 1_000_000
+
+
+@needs_detectron2
+def test_best_metric_key_and_training_on_every_image(project_root, demo_root, tmp_path):
+    """TEST.BEST_METRIC picks model_best.pth; DATASETS.VAL_FRACTION 0 trains on every image and evaluates nothing."""
+    run = experiment.train(project_root / "configs" / "demo.yaml", tiny_overrides(**{"TEST.BEST_METRIC": "bbox/AP50"}),
+                           engine="detectron2", data_root=demo_root, run_dir=tmp_path / "bbox", progress=False)
+    best = runs.read_best(run)
+    assert best["metric"] == "bbox/AP50"
+    assert best["value"] == max(r["bbox/AP50"] for r in runs.eval_rows(runs.read_metrics(run)))
+    run = experiment.train(project_root / "configs" / "demo.yaml", tiny_overrides(**{"DATASETS.VAL_FRACTION": "0"}),
+                           engine="detectron2", data_root=demo_root, run_dir=tmp_path / "all", progress=False)
+    assert runs.is_finished(run) and not runs.eval_rows(runs.read_metrics(run)) and runs.read_best(run) is None
+
+
+@needs_detectron2
+def test_channel_order_check_swaps_to_rgb_for_a_bgr_model(reference_run, tmp_path):
+    from helpers import inference_checks
+
+    order = inference_checks.channel_order(reference_run, tmp_path)
+    assert order["trained_with"] == "BGR" and order["engine"] == "detectron2"
+    assert [(r["fed"], r["as_trained"]) for r in order["rows"]] == [("BGR", True), ("RGB", False)]
+    assert all(0.0 <= r["segm/AP50"] <= 1.0 for r in order["rows"])

@@ -119,8 +119,8 @@ def test_all_notebooks_run_headless_in_order_and_the_report_builds(demo_root, tm
     from helpers import exercises
 
     for name in NOTEBOOK_ORDER:
-        text = "".join(o.get("text", "") for c in _cells(run_root / "notebooks" / f"{name}.ipynb")
-                       if c["cell_type"] == "code" for o in c.get("outputs", []))
+        text = "".join("".join(o.get("text", "")) for c in _cells(run_root / "notebooks" / f"{name}.ipynb")
+                       if c["cell_type"] == "code" for o in c.get("outputs", []))  # nbformat stores lines as a list
         for ex in exercises.names(name):
             assert f"[{ex}] correct" in text, (name, ex)
     # the report
