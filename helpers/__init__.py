@@ -15,13 +15,15 @@ One job per module, in pipeline order:
     progress      the live bar and the plain progress lines (Jupyter and logs)
     runs          what a run folder holds (checkpoints, metrics log) and how to read it
     instances     the per-image predictions both engines return
-    inspect_run, plots_stages   one image through the trained model, stage by stage, and its figures
+    inspect_run   one image through the trained model, stage by stage (the figures: plots_stages)
     evaluate      COCO metrics (pycocotools underneath)
     submission    masks <-> RLE, the submission writer and validator
     inference_checks   the homework's inference mistakes measured: channel order, score threshold
     ablation, stats    the weight-decay ablation: seeds, intervals, verdicts, decay arithmetic
     error_analysis, confusion   where the mAP goes: TIDE error types, the class-confusion matrix
-    viz, plots_errors           figures and the interactive browser
+    viz           drawing: masks and labels on images, image grids, saving figures
+    plots, plots_errors, plots_stages   charts: statistics, curves, AP, ablation, inference checks, errors, stages
+    image_browser the interactive image browser of 05 (ipywidgets)
     concepts      small computed examples of the course's ideas (IoU, anchors, LR, RLE, AP)
     exercises, exercise_bank    exercises that check themselves (solutions/SOLUTIONS.md)
     pipeline      papermill runs of the ordered notebooks under a profile

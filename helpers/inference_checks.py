@@ -135,10 +135,10 @@ def format_measured(measured: dict) -> str:
 
 def save_figures(measured: dict, fig_dir: str | Path) -> list:
     """The channel-order and threshold-sweep figures, saved to ``fig_dir`` and returned (to display)."""
-    from . import viz
+    from . import plots, viz
 
     if "skipped" in measured:
         return []
-    figs = [(viz.plot_channel_order(measured["channel_order"]), "04_channel_order.png"),
-            (viz.plot_threshold_sweep(measured["threshold_sweep"]), "04_threshold_sweep.png")]
+    figs = [(plots.plot_channel_order(measured["channel_order"]), "04_channel_order.png"),
+            (plots.plot_threshold_sweep(measured["threshold_sweep"]), "04_threshold_sweep.png")]
     return [viz.save_figure(fig, Path(fig_dir) / name, close=False) for fig, name in figs]

@@ -95,7 +95,7 @@ def run_notebooks(
 
     import papermill as pm
 
-    os.environ["HELPERS_HEADLESS"] = "1"  # the kernels inherit it: viz.browser draws static figures
+    os.environ["HELPERS_HEADLESS"] = "1"  # the kernels inherit it: image_browser.browser draws static figures
     prof = course.load_profile(profile)
     explicit = {**(read_params_file(params_file) if params_file else {}), **(params or {})}
     if data_root:

@@ -24,7 +24,7 @@ matplotlib.use("Agg")  # the same renderer everywhere: byte-identical PNGs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from helpers import ablation, data, demo_data, inference_checks, runs, viz  # noqa: E402
+from helpers import ablation, data, demo_data, inference_checks, plots, runs, viz  # noqa: E402
 from helpers.config import load_config  # noqa: E402
 from helpers.evaluate import HEADLINE, HEADLINE_LABEL, METRIC_LABELS  # noqa: E402
 from helpers.io import write_json, write_text  # noqa: E402
@@ -112,7 +112,7 @@ class Report:
         """The table as a figure and, beside it, as Markdown text."""
         if self.demo and ours:
             title = "DEMO run: " + title
-        self.figure(viz.table_figure(columns, rows, title=title), name, caption, ours)
+        self.figure(plots.table_figure(columns, rows, title=title), name, caption, ours)
         self.sections.append(markdown_table(columns, rows) + "\n")
 
     def text(self, markdown: str) -> None:
@@ -194,13 +194,13 @@ def build(run_root: Path, out_dir: Path) -> Path:
     rep.text("## Data")
     rep.figure(viz.show_samples(root.train, n=6, seed=0), "fig1_samples",
                f"Figures 1–2: training images with their ground-truth masks and class names ({src}).")
-    rep.figure(viz.plot_dataset_stats(data.dataset_stats(root.train)), "fig2_dataset_stats",
+    rep.figure(plots.plot_dataset_stats(data.dataset_stats(root.train)), "fig2_dataset_stats",
                f"Data set statistics: classes, instances per image, COCO mask-size buckets, image sizes ({src}).")
 
     rep.text("## Model")
     image = data.read_image(train_split.image_path(train_split.images[0]))
     arch = architecture_rows(train_dir, cfg, info, train_split.categories, image)
-    rep.figure(viz.plot_architecture(arch, title=f"Mask R-CNN, ResNet-{cfg['MODEL.RESNETS.DEPTH']}-FPN ({engine})"),
+    rep.figure(plots.plot_architecture(arch, title=f"Mask R-CNN, ResNet-{cfg['MODEL.RESNETS.DEPTH']}-FPN ({engine})"),
                "fig3_architecture",
                f"Figure 3: the Mask R-CNN stages with the tensor shapes recorded in one forward pass of "
                f"`{config_name}` on `{train_split.images[0]['file_name']}`.")
@@ -212,7 +212,7 @@ def build(run_root: Path, out_dir: Path) -> Path:
               "Hyperparameters")
 
     rep.text("## Training")
-    rep.figure(viz.plot_training_curves(runs.read_metrics(train_dir)), "fig8_training_curves",
+    rep.figure(plots.plot_training_curves(runs.read_metrics(train_dir)), "fig8_training_curves",
                f"Losses, learning rate and validation metrics during training ({_rel(train_dir)}).")
     best = runs.read_best(train_dir)
     if best:
@@ -254,7 +254,7 @@ def _inference_section(rep: Report, run_root: Path) -> None:
         cap = (f"Channel order: model trained on {order['trained_with']} ({order['engine']} engine), val split, "
                f"score threshold {value_text(order['score_thresh'])} ({_rel(run_root / inference_checks.CHANNEL_ORDER)}).")
         rep.table(cols, rows, "fig11_channel_order_table", cap, "Channel order")
-        rep.figure(viz.plot_channel_order(order), "fig11_channel_order", cap)
+        rep.figure(plots.plot_channel_order(order), "fig11_channel_order", cap)
     else:
         rep.text("Channel order: not measured (run notebook 04).")
     sweep = _read(run_root / inference_checks.THRESHOLD_SWEEP)
@@ -267,7 +267,7 @@ def _inference_section(rep: Report, run_root: Path) -> None:
         cap = (f"Score threshold: detections scoring at least t kept, predicted once at 0 on the val split "
                f"({_rel(run_root / inference_checks.THRESHOLD_SWEEP)}).")
         rep.table(cols, rows, "fig12_threshold_sweep_table", cap, "Score threshold")
-        rep.figure(viz.plot_threshold_sweep(sweep), "fig12_threshold_sweep", cap)
+        rep.figure(plots.plot_threshold_sweep(sweep), "fig12_threshold_sweep", cap)
     else:
         rep.text("Score threshold: not measured (run notebook 04).")
 
@@ -299,12 +299,12 @@ def _ablation_section(rep: Report, run_root: Path) -> None:
     rep.table(*ablation.decay_table(res), "fig5b_decay_arithmetic",
               "Shrink factor that weight decay alone applies to each parameter group over the run.",
               "Weight decay arithmetic")
-    rep.figure(viz.plot_ablation(res["summary"]), "fig6_ablation_chart",
+    rep.figure(plots.plot_ablation(res["summary"]), "fig6_ablation_chart",
                f"Figure 6: {res['metric_label']} of each variant at its final checkpoint (val): mean over seeds, "
                f"{level} t-interval, one dot per run. Our runs only.")
     curves = {ablation.run_name(r["variant"], r["seed"]): runs.eval_rows(runs.read_metrics(r["run_dir"]))
               for r in res["runs"]}
-    rep.figure(viz.plot_eval_curves(curves), "fig7_ablation_curves",
+    rep.figure(plots.plot_eval_curves(curves), "fig7_ablation_curves",
                "Figure 7: validation metrics during training, one line per ablation run.")
 
 

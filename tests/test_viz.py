@@ -9,7 +9,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from helpers import data, evaluate, viz
+from helpers import data, evaluate, image_browser, plots, viz
 from helpers.instances import Instances
 from helpers.submission import instances_to_results
 
@@ -120,8 +120,8 @@ def test_gt_instances(split):
 
 def test_save_figure_is_atomic_and_deterministic(tmp_path):
     stats_rows = [{"iteration": i, "total_loss": 2.0 / (i + 1), "loss_mask": 0.5, "lr": 0.01} for i in range(20)]
-    first = viz.save_figure(viz.plot_training_curves(stats_rows), tmp_path / "a.png", dpi=50)
-    second = viz.save_figure(viz.plot_training_curves(stats_rows), tmp_path / "b.png", dpi=50)
+    first = viz.save_figure(plots.plot_training_curves(stats_rows), tmp_path / "a.png", dpi=50)
+    second = viz.save_figure(plots.plot_training_curves(stats_rows), tmp_path / "b.png", dpi=50)
     assert first.read_bytes() == second.read_bytes()
     with Image.open(first) as im:
         assert im.format == "PNG" and im.size[0] > 100
@@ -129,7 +129,7 @@ def test_save_figure_is_atomic_and_deterministic(tmp_path):
 
 
 def test_save_figure_close_false_returns_the_figure(tmp_path):
-    fig = viz.table_figure(["a"], [[1]])
+    fig = plots.table_figure(["a"], [[1]])
     assert viz.save_figure(fig, tmp_path / "t.png", close=False) is fig
     assert (tmp_path / "t.png").read_bytes().startswith(PNG_SIGNATURE)
 
@@ -152,17 +152,17 @@ def test_show_samples_is_reproducible(split, tmp_path):
 
 
 def test_dataset_stats_figure(split, tmp_path):
-    _assert_renders(viz.plot_dataset_stats(data.dataset_stats(split)), tmp_path)
+    _assert_renders(plots.plot_dataset_stats(data.dataset_stats(split)), tmp_path)
 
 
 def test_training_curves_with_and_without_rows(tmp_path):
     rows = [{"iteration": i, "total_loss": 3.0 - i / 50, "loss_cls": 1.0, "loss_mask": 0.7, "lr": 1e-4 * i}
             for i in range(100)]
     rows.append({"iteration": 99, "segm/AP": 0.2, "segm/AP50": 0.4, "bbox/AP": 0.25})
-    fig = viz.plot_training_curves(rows)
+    fig = plots.plot_training_curves(rows)
     assert len(fig.axes) == 4
     _assert_renders(fig, tmp_path)
-    empty = viz.plot_training_curves([])
+    empty = plots.plot_training_curves([])
     assert any("no metrics yet" in t.get_text() for ax in empty.axes for t in ax.texts)
     _assert_renders(empty, tmp_path)
 
@@ -170,8 +170,8 @@ def test_training_curves_with_and_without_rows(tmp_path):
 def test_evaluation_figures_from_real_evaluation(split, predictions, tmp_path):
     results = [r for image_id, inst in predictions.items() for r in instances_to_results(image_id, inst)]
     metrics = evaluate.evaluate(split.coco, results, "segm")
-    _assert_renders(viz.plot_per_class_ap(metrics, metric="AP50"), tmp_path)
-    _assert_renders(viz.plot_pr_curves(evaluate.precision_recall(split.coco, results, "segm")), tmp_path)
+    _assert_renders(plots.plot_per_class_ap(metrics, metric="AP50"), tmp_path)
+    _assert_renders(plots.plot_pr_curves(evaluate.precision_recall(split.coco, results, "segm")), tmp_path)
     errors = evaluate.per_image_errors(split.coco, results, "segm")
     fig = viz.show_worst_images(split, predictions, errors, n=2)
     assert any("false positives" in ax.get_title() for ax in fig.axes)
@@ -180,12 +180,12 @@ def test_evaluation_figures_from_real_evaluation(split, predictions, tmp_path):
 
 def test_per_class_ap_and_pr_handle_classes_without_ground_truth(tmp_path):
     metrics = {"iou_type": "segm", "per_class": {"cat": {"AP": 0.5, "AP50": 0.8}, "dog": {"AP": -1.0, "AP50": -1.0}}}
-    fig = viz.plot_per_class_ap(metrics, metric="AP50")
+    fig = plots.plot_per_class_ap(metrics, metric="AP50")
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["cat"]
     _assert_renders(fig, tmp_path)
     pr = {"cat": {"recall": [0.0, 0.5, 1.0], "precision": [1.0, 0.8, 0.0], "ap": 0.6},
           "dog": {"recall": [], "precision": [], "ap": -1.0}}
-    _assert_renders(viz.plot_pr_curves(pr), tmp_path)
+    _assert_renders(plots.plot_pr_curves(pr), tmp_path)
 
 
 def test_ablation_chart_shows_every_seed_and_the_interval_of_our_runs_only(tmp_path):
@@ -196,7 +196,7 @@ def test_ablation_chart_shows_every_seed_and_the_interval_of_our_runs_only(tmp_p
                {"variant": "homework", "weight_decay": 1e-4, "weight_decay_bias": 0.01,
                 "segm/AP50": stats.summarize([0.58, 0.66])},
                {"variant": "not run", "segm/AP50": stats.summarize([])}]
-    fig = viz.plot_ablation(summary)
+    fig = plots.plot_ablation(summary)
     ax = fig.axes[0]
     labels = [t.get_text() for t in ax.get_xticklabels()]
     assert len(labels) == 2 and "wd 0.0001" in labels[1] and "n = 3" in labels[0] and "n = 2" in labels[1]
@@ -213,14 +213,14 @@ def test_channel_order_and_threshold_sweep_figures(tmp_path):
     order = {"engine": "detectron2", "trained_with": "BGR", "rows": [
         {"fed": "BGR", "as_trained": True, "segm/AP50": 0.5, "segm/AP": 0.3},
         {"fed": "RGB", "as_trained": False, "segm/AP50": 0.4, "segm/AP": 0.2}]}
-    fig = viz.plot_channel_order(order)
+    fig = plots.plot_channel_order(order)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["mask mAP@0.5 (segm AP50)", "mask AP@[.5:.95] (segm AP)"]
     assert sorted(round(p.get_height(), 6) for p in ax.patches) == [0.2, 0.3, 0.4, 0.5]
     _assert_renders(fig, tmp_path)
     sweep = {"default_threshold": 0.05, "homework_threshold": 0.5, "rows": [
         {"threshold": t, "segm/AP50": 0.6 - t / 2, "segm/AP": 0.4 - t / 3} for t in (0.0, 0.05, 0.5, 0.9)]}
-    fig = viz.plot_threshold_sweep(sweep)
+    fig = plots.plot_threshold_sweep(sweep)
     ax = fig.axes[0]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend[:2] == ["mask mAP@0.5 (segm AP50)", "mask AP@[.5:.95] (segm AP)"]
@@ -231,16 +231,16 @@ def test_channel_order_and_threshold_sweep_figures(tmp_path):
 
 def test_val_curves_name_the_headline_metric(tmp_path):
     rows = [{"iteration": 1, "total_loss": 1.0, "lr": 0.1, "segm/AP": 0.2, "segm/AP50": 0.4}]
-    fig = viz.plot_training_curves(rows)
+    fig = plots.plot_training_curves(rows)
     names = {t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()}
     assert {"mask mAP@0.5 (segm AP50)", "mask AP@[.5:.95] (segm AP)"} <= names
-    fig = viz.plot_eval_curves({"a": rows})
+    fig = plots.plot_eval_curves({"a": rows})
     assert [ax.get_title() for ax in fig.axes] == ["Validation mask mAP@0.5 (segm AP50)",
                                                   "Validation mask AP@[.5:.95] (segm AP)"]
 
 
 def test_table_figure_formats_cells(tmp_path):
-    fig = viz.table_figure(["key", "value"], [["lr", 0.00025], ["iters", 30000.0], ["ap", 0.474163],
+    fig = plots.table_figure(["key", "value"], [["lr", 0.00025], ["iters", 30000.0], ["ap", 0.474163],
                                               ["sizes", (640, 800)], ["none", None]], title="Hyperparameters")
     cells = {cell.get_text().get_text() for cell in fig.axes[0].tables[0].get_celld().values()}
     assert {"key", "value", "0.00025", "30000", "0.4742", "640, 800", "–"} <= cells
@@ -250,10 +250,10 @@ def test_table_figure_formats_cells(tmp_path):
 def test_eval_curves_and_architecture(tmp_path):
     curves = {"a": [{"iteration": 10, "segm/AP": 0.1, "segm/AP50": 0.2}, {"iteration": 20, "segm/AP": 0.2}],
               "b": []}
-    _assert_renders(viz.plot_eval_curves(curves), tmp_path)
+    _assert_renders(plots.plot_eval_curves(curves), tmp_path)
     stages = [{"stage": "input", "shape": [1, 3, 64, 64]}, {"stage": "backbone.res2", "shape": [1, 256, 16, 16]},
               {"stage": "backbone.res3", "shape": [1, 512, 8, 8]}, {"stage": "output.masks", "shape": [5, 1, 64, 64]}]
-    fig = viz.plot_architecture(stages, title="tiny")
+    fig = plots.plot_architecture(stages, title="tiny")
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert "backbone" in texts and "res3\n1 × 512 × 8 × 8" in texts
     _assert_renders(fig, tmp_path)
@@ -263,21 +263,21 @@ def test_eval_curves_and_architecture(tmp_path):
 
 
 def test_browser_static_returns_a_figure(split, predictions, tmp_path, capsys):
-    fig = viz.browser(split, predictions, NAMES, static=True)
+    fig = image_browser.browser(split, predictions, NAMES, static=True)
     assert "static figure" in capsys.readouterr().out
     _assert_renders(fig, tmp_path)
 
 
 def test_browser_auto_detects_headless(split, predictions, monkeypatch):
     monkeypatch.setenv("HELPERS_HEADLESS", "1")
-    assert isinstance(viz.browser(split, predictions, NAMES), Figure)
+    assert isinstance(image_browser.browser(split, predictions, NAMES), Figure)
     monkeypatch.delenv("HELPERS_HEADLESS")
-    assert isinstance(viz.browser(split, predictions, NAMES), Figure)  # no Jupyter kernel under pytest
+    assert isinstance(image_browser.browser(split, predictions, NAMES), Figure)  # no Jupyter kernel under pytest
 
 
 def test_browser_widget_rerenders_on_every_control(split, predictions):
     widgets = pytest.importorskip("ipywidgets")
-    ui = viz.browser(split, predictions, NAMES, score_thresh=0.5, static=False)
+    ui = image_browser.browser(split, predictions, NAMES, score_thresh=0.5, static=False)
     assert isinstance(ui, widgets.VBox)
     (choose, threshold, show_gt), view = ui.children[0].children, ui.children[1]
     assert isinstance(view, widgets.Image)
@@ -294,4 +294,4 @@ def test_browser_widget_rerenders_on_every_control(split, predictions):
 
 def test_browser_rejects_predictions_outside_the_split(split):
     with pytest.raises(ValueError, match="none of the predicted images"):
-        viz.browser(split, {999: Instances.empty((H, W))}, NAMES, static=True)
+        image_browser.browser(split, {999: Instances.empty((H, W))}, NAMES, static=True)
