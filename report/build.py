@@ -24,7 +24,7 @@ matplotlib.use("Agg")  # the same renderer everywhere: byte-identical PNGs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from helpers import ablation, data, demo_data, inference_checks, plots, runs, viz  # noqa: E402
+from helpers import ablation, data, demo_data, inference_checks, plots, plots_errors, runs, viz  # noqa: E402
 from helpers.config import load_config  # noqa: E402
 from helpers.evaluate import HEADLINE, HEADLINE_LABEL, METRIC_LABELS  # noqa: E402
 from helpers.io import write_json, write_text  # noqa: E402
@@ -223,6 +223,7 @@ def build(run_root: Path, out_dir: Path) -> Path:
 
     _val_section(rep, run_root, on_all)
     _inference_section(rep, run_root)
+    _errors_section(rep, run_root)
     _ablation_section(rep, run_root)
     _published_section(rep, run_root, cfg, kind, on_all)
     return rep.write(head)
@@ -270,6 +271,28 @@ def _inference_section(rep: Report, run_root: Path) -> None:
         rep.figure(plots.plot_threshold_sweep(sweep), "fig12_threshold_sweep", cap)
     else:
         rep.text("Score threshold: not measured (run notebook 04).")
+
+
+def _errors_section(rep: Report, run_root: Path) -> None:
+    rep.text("## Where the mAP goes: error types")
+    path = run_root / "error_analysis.json"
+    analysis = _read(path)
+    if not analysis:
+        rep.text("No error analysis recorded (run notebook 05).")
+        return
+    rows = [[kind, metric_text(e["dap"]), metric_text(e["fixed_map"]), str(e["count"])]
+            for kind, e in analysis["errors"].items()]
+    cap = (f"TIDE breakdown of the val {analysis['metric']} ({metric_text(analysis['base_map'])}): how much fixing "
+           f"each error type alone would add (dAP), from `{_rel(path)}`.")
+    rep.table(["error type", "dAP", f"{analysis['metric']} if fixed", "errors"], rows, "fig14_error_types", cap,
+              "Error types")
+    rep.figure(plots_errors.plot_error_breakdown(analysis), "fig14_error_breakdown", cap)
+    if analysis.get("confusion"):
+        rep.figure(plots_errors.plot_confusion_matrix(analysis["confusion"]), "fig15_confusion_matrix",
+                   f"Class confusion on the val split: ground-truth class (rows) against the predicted class "
+                   f"(columns), with missed objects and detections on background ({_rel(path)}).")
+    if analysis.get("conclusions"):
+        rep.text("\n".join(f"- {line}" for line in analysis["conclusions"]))
 
 
 def _ablation_section(rep: Report, run_root: Path) -> None:

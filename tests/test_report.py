@@ -69,6 +69,12 @@ def make_run_root(data_root: Path, tmp_path: Path, num_classes: int, val_fractio
             "default_threshold": 0.05, "homework_threshold": 0.5, "rows": [
                 {"threshold": t, "segm/AP50": 0.6 - t / 4, "segm/AP": 0.3 - t / 8, "detections": 10 - int(10 * t)}
                 for t in (0.0, 0.05, 0.5, 0.9)]}))
+        kinds = ("classification", "localisation", "both", "duplicate", "background", "missed")
+        (run_root / "error_analysis.json").write_text(json.dumps({
+            "metric": "mask mAP@0.5 (segm AP50)", "base_map": 0.56789, "iou_type": "segm", "fg_iou": 0.5, "bg_iou": 0.1,
+            "errors": {k: {"dap": 0.0125 * i, "fixed_map": 0.56789 + 0.0125 * i, "count": i} for i, k in enumerate(kinds)},
+            "all_fixed_map": 1.0, "top_images": {k: [] for k in kinds}, "confusion": None,
+            "conclusions": ["Fixing missed errors alone would add the most: dAP 0.0625 (5 errors)."]}))
         variants = ablation.load_variants(CONFIGS / "ablation.yaml", ["no_decay", "homework"])
         entries = ablation.plan(CONFIGS / "demo.yaml", variants, run_root / "ablation", seeds=[0, 1],
                                 data_root=data_root, overrides=overrides, split_dir=run_root / "data")
@@ -115,6 +121,11 @@ def test_demo_report_states_values_exactly_says_demo_and_keeps_published_numbers
     # both inference checks, as text
     assert "| RGB (as trained) | 0.5679 | 0.3123 | 9 |" in md and "| BGR (swapped) | 0.4321 | 0.2000 | 7 |" in md
     assert "| 0.05 (ours) | 0.5875 |" in md and "| 0.5 (the homework's) | 0.4750 |" in md
+    # the error analysis, as text
+    errors = _section(md, "## Where the mAP goes: error types")
+    assert "| error type | dAP | mask mAP@0.5 (segm AP50) if fixed | errors |" in errors
+    assert "| localisation | 0.0125 | 0.5804 | 1 |" in errors and "| missed | 0.0625 | 0.6304 | 5 |" in errors
+    assert "- Fixing missed errors alone would add the most" in errors and "figures/fig14_error_breakdown.png" in errors
     # the ablation: seeds, intervals, verdict, arithmetic; no published number in it
     ab = _section(md, "## The weight-decay ablation")
     assert "| homework | 0.0001 | 0.01 | 0.0 | 8 | 2 | 0.5300 ± 0.0141 [" in ab
