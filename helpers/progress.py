@@ -1,15 +1,15 @@
 """Progress you can see in Jupyter and read in a log.
 
 A live bar (tqdm: a widget in Jupyter, a text bar on a terminal) plus plain text lines at a steady
-cadence: every ``every`` steps (a twentieth of the total by default) and at least every ``seconds``
+cadence: every ``every`` steps (a tenth of the total by default) and at least every ``seconds``
 (60). The lines are what ``run-notebooks --log-output``, ``nohup`` and a redirected log show: papermill
 streams a kernel's printed text but not a widget, and a bar's carriage returns are noise in a file.
 
     [train] 120/300 (40%)  total_loss 1.235  loss_mask 0.4121 ...  lr 0.015  0.78 s/it  ETA 2m20s
 
 Values in the line are the latest step's, losses to 4 significant digits and the learning rate to 6;
-the exact values are in
-``metrics.json``. The bar is left out where nobody watches it (no terminal, no Jupyter).
+the exact values are in ``metrics.json``. The bar is left out where nobody watches it (no terminal,
+no Jupyter).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 from collections import deque
 from typing import Any, TextIO
 
-DEFAULT_LINES = 20  # lines over a whole run, besides the at-least-every-`seconds` ones
+DEFAULT_LINES = 10  # lines over a whole run (one per tenth), besides the at-least-every-`seconds` ones
 DEFAULT_SECONDS = 60.0
 
 
@@ -141,12 +141,14 @@ class Progress:
             pass
 
     def close(self) -> None:
+        """Close the bar; a run stopped short of ``total`` gets a last line saying where it stopped
+        (a finished one already printed its ``total/total`` line)."""
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        if self.enabled and self.n > self.start:
-            elapsed = time.perf_counter() - self._started
-            self._print(f"[{self.desc}] done: {self.n - self.start} {self.unit} in {format_duration(elapsed)}")
+        if self.enabled and self.start < self.n < self.total and self.lines and not self.lines[-1].startswith(
+                f"[{self.desc}] {self.n}/"):
+            self.line(f"stopped after {format_duration(time.perf_counter() - self._started)}")
 
     def __enter__(self) -> "Progress":
         return self

@@ -27,7 +27,7 @@ def clock(monkeypatch):
     return c
 
 
-def test_lines_every_twentieth_and_at_the_end(clock):
+def test_lines_every_tenth_and_at_the_end(clock):
     out = io.StringIO()
     p = Progress(300, "train", stream=out, bar=False)
     for it in range(300):
@@ -35,11 +35,21 @@ def test_lines_every_twentieth_and_at_the_end(clock):
         p.update(total_loss=1.0 / (it + 1), lr=0.00025)
     p.close()
     lines = out.getvalue().splitlines()
-    iters = [int(line.split()[1].split("/")[0]) for line in lines if "/300" in line]
-    assert iters == [1] + list(range(15, 301, 15))
-    assert lines[-1] == "[train] done: 300 it in 2m30s"
+    iters = [int(line.split()[1].split("/")[0]) for line in lines]
+    assert iters == [1] + list(range(30, 301, 30))  # the first, then one per tenth; the last says 300/300
     assert "lr 0.00025" in lines[0]  # exactly as configured, never 0.0003
-    assert "0.5 s/it" in lines[1] and "ETA 2m22s" in lines[1]  # 285 iterations to go at 0.5 s
+    assert "0.5 s/it" in lines[1] and "ETA 2m15s" in lines[1]  # 270 iterations to go at 0.5 s
+    assert lines[-1].startswith("[train] 300/300 (100%)") and "ETA 0s" in lines[-1]
+
+
+def test_a_run_stopped_short_says_where(clock):
+    out = io.StringIO()
+    p = Progress(300, "train", stream=out, bar=False)
+    for _ in range(7):
+        clock.now += 1
+        p.update(total_loss=0.5)
+    p.close()
+    assert out.getvalue().splitlines()[-1].startswith("[train] 7/300") and "stopped after 7s" in out.getvalue()
 
 
 def test_a_line_at_least_every_minute_however_slow(clock):
@@ -61,7 +71,7 @@ def test_a_resumed_run_counts_from_where_it_stopped(clock):
         p.update(total_loss=0.5)
     p.close()
     assert out.getvalue().splitlines()[0].startswith("[train] 8/10 (80%)")
-    assert out.getvalue().splitlines()[-1] == "[train] done: 3 it in 3s"
+    assert out.getvalue().splitlines()[-1].startswith("[train] 10/10 (100%)")
 
 
 def test_no_bar_where_nobody_watches_and_no_output_when_disabled():
