@@ -179,6 +179,18 @@ def load_run(run_dir: str | Path) -> tuple[Config, dict]:
     return load_config(run_dir / runs.CONFIG), info
 
 
+def run_for_inference(run_dir: str | Path, score_thresh: float | None = None,
+                      device: str | None = None) -> tuple[Config, dict, list[dict]]:
+    """A trained run's config (with the test-time score threshold and device asked for), its run.json
+    and its categories: what predicting or inspecting with it starts from."""
+    cfg, info = load_run(run_dir)
+    if score_thresh is not None:
+        cfg["MODEL.ROI_HEADS.SCORE_THRESH_TEST"] = float(score_thresh)
+    if device is not None:
+        cfg["MODEL.DEVICE"] = device
+    return cfg, info, data.load_split(info["train_split"], check_images=False).categories
+
+
 def load_predictor(run_dir: str | Path, checkpoint: str = "best", score_thresh: float | None = None,
                    device: str | None = None, swap_channels: bool = False):
     """A :class:`helpers.engines.base.Predictor` for a trained run's checkpoint.
@@ -188,12 +200,7 @@ def load_predictor(run_dir: str | Path, checkpoint: str = "best", score_thresh: 
     """
     from .engines import get_engine
 
-    cfg, info = load_run(run_dir)
-    if score_thresh is not None:
-        cfg["MODEL.ROI_HEADS.SCORE_THRESH_TEST"] = float(score_thresh)
-    if device is not None:
-        cfg["MODEL.DEVICE"] = device
-    categories = data.load_split(info["train_split"], check_images=False).categories
+    cfg, info, categories = run_for_inference(run_dir, score_thresh, device)
     module = get_engine(info["engine"])
     predictor = module.load_predictor(cfg, runs.resolve_checkpoint(Path(run_dir), checkpoint), categories)
     predictor.swap_channels = swap_channels

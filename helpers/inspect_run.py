@@ -28,15 +28,10 @@ def inspect_run(run_dir: str | Path, image: int | str | Path | None = None, chec
     options: ``num_channels`` (feature channels per level), ``num_rois`` (RoIAlign crops).
     """
     from .engines import get_engine
-    from .experiment import load_run
+    from .experiment import run_for_inference
 
     run_dir = Path(run_dir)
-    cfg, info = load_run(run_dir)
-    if score_thresh is not None:
-        cfg["MODEL.ROI_HEADS.SCORE_THRESH_TEST"] = float(score_thresh)
-    if device is not None:
-        cfg["MODEL.DEVICE"] = device
-    categories = data.load_split(info["train_split"], check_images=False).categories
+    cfg, info, categories = run_for_inference(run_dir, score_thresh, device)
     split_data = data.load_split(split or info["val_split"], check_images=False)
     entry, path = _pick_image(split_data, image)
     anns = [a for a in split_data.annotations_of(entry["id"]) if _usable(a)] if entry else []
