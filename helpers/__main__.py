@@ -135,6 +135,7 @@ def _cmd_predict(args) -> int:
         score_thresh=args.score_thresh,
         device=args.device,
         image_dir=args.image_dir,
+        tta=args.tta,
     )
     print(json.dumps({k: v for k, v in summary.items() if k != "validation"}, indent=2))
     return 0
@@ -213,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", default="best", help="best, final, last or a .pth path")
     s.add_argument("--score-thresh", type=float, default=None, help="default: the run config's")
     s.add_argument("--device", default=None, help="cpu or cuda (default: the run config's MODEL.DEVICE)")
+    s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time augmentation (TEST.AUG.*: each of its sizes, and flipped); default: the run config's")
     s.set_defaults(func=_cmd_predict)
 
     s = sub.add_parser("run-notebooks", help="execute the ordered notebooks headlessly (papermill) under a profile")

@@ -134,6 +134,9 @@ DEFAULTS: dict[str, Any] = {
         "EVAL_PERIOD": 0,
         "DETECTIONS_PER_IMAGE": 100,
         "BEST_METRIC": "segm/AP50",  # ours: the val metric that picks model_best.pth (the leaderboard's)
+        # test-time augmentation: every size (and its horizontal flip), merged as detectron2's TTA merges
+        "AUG": {"ENABLED": False, "MIN_SIZES": [400, 500, 600, 700, 800, 900, 1000, 1100, 1200], "MAX_SIZE": 4000,
+                "FLIP": True},
     },
     "OUTPUT_DIR": "./output",
     "SEED": -1,

@@ -180,27 +180,31 @@ def load_run(run_dir: str | Path) -> tuple[Config, dict]:
 
 
 def run_for_inference(run_dir: str | Path, score_thresh: float | None = None,
-                      device: str | None = None) -> tuple[Config, dict, list[dict]]:
-    """A trained run's config (with the test-time score threshold and device asked for), its run.json
-    and its categories: what predicting or inspecting with it starts from."""
+                      device: str | None = None, tta: bool | None = None) -> tuple[Config, dict, list[dict]]:
+    """A trained run's config (with the test-time score threshold, device and test-time augmentation
+    asked for; None keeps the run's), its run.json and its categories: what predicting or inspecting
+    with it starts from."""
     cfg, info = load_run(run_dir)
     if score_thresh is not None:
         cfg["MODEL.ROI_HEADS.SCORE_THRESH_TEST"] = float(score_thresh)
     if device is not None:
         cfg["MODEL.DEVICE"] = device
+    if tta is not None:
+        cfg["TEST.AUG.ENABLED"] = bool(tta)
     return cfg, info, data.load_split(info["train_split"], check_images=False).categories
 
 
 def load_predictor(run_dir: str | Path, checkpoint: str = "best", score_thresh: float | None = None,
-                   device: str | None = None, swap_channels: bool = False):
+                   device: str | None = None, swap_channels: bool = False, tta: bool | None = None):
     """A :class:`helpers.engines.base.Predictor` for a trained run's checkpoint.
 
     ``swap_channels``: feed the model the channel order opposite to the one it was trained with
     (what the homework did: RGB into a BGR-trained detectron2 model), to measure what that costs.
+    ``tta``: test-time augmentation on or off (``TEST.AUG.*``); None keeps the run's TEST.AUG.ENABLED.
     """
     from .engines import get_engine
 
-    cfg, info, categories = run_for_inference(run_dir, score_thresh, device)
+    cfg, info, categories = run_for_inference(run_dir, score_thresh, device, tta)
     module = get_engine(info["engine"])
     predictor = module.load_predictor(cfg, runs.resolve_checkpoint(Path(run_dir), checkpoint), categories)
     predictor.swap_channels = swap_channels
@@ -243,7 +247,7 @@ def images_to_predict(images: str | Path, image_dir: str | Path | None = None) -
 
 def predict(run_dir: str | Path, images: str | Path, out: str | Path, checkpoint: str = "best",
             score_thresh: float | None = None, progress: bool = True, device: str | None = None,
-            image_dir: str | Path | None = None) -> dict:
+            image_dir: str | Path | None = None, tta: bool | None = None) -> dict:
     """Predict the images a test.json lists with a trained run and write a submission file; returns
     its validation summary (against that test.json, as the grader reads it) plus timing."""
     import time
@@ -252,7 +256,7 @@ def predict(run_dir: str | Path, images: str | Path, out: str | Path, checkpoint
 
     check_output_path(out, "submission")
     pairs, json_path = images_to_predict(images, image_dir)
-    predictor = load_predictor(run_dir, checkpoint, score_thresh, device)
+    predictor = load_predictor(run_dir, checkpoint, score_thresh, device, tta=tta)
     ids = {p: i for i, p in pairs}
     results: list[dict] = []
     start = time.perf_counter()

@@ -9,6 +9,9 @@
 
 Each writes a JSON file to the run root (``channel_order.json``, ``threshold_sweep.json``) with the
 mask mAP@0.5 (segm AP50, the leaderboard's metric) and AP@[.5:.95] of every setting.
+
+Beside them, one lever the homework did not pull: test-time augmentation (``TEST.AUG.*``), measured by
+:func:`measure_tta` with and without, with its cost in seconds per image (``tta.json``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from .io import write_json
 
 CHANNEL_ORDER = "channel_order.json"
 THRESHOLD_SWEEP = "threshold_sweep.json"
+TTA = "tta.json"
 HOMEWORK_THRESHOLD = 0.5
 THRESHOLDS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -88,6 +92,48 @@ def threshold_sweep(run_dir: str | Path, out_dir: str | Path, checkpoint: str = 
     return report
 
 
+def measure_tta(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best",
+                           score_thresh: float | None = None, split_json: str | Path | None = None,
+                           progress: bool = False) -> dict:
+    """segm AP50 and AP on the val split without and with test-time augmentation (the run config's
+    TEST.AUG.MIN_SIZES, MAX_SIZE and FLIP), and seconds per image of each; written to ``out_dir/tta.json``."""
+    import time
+
+    from .engines.base import predict_split
+
+    run_dir = Path(run_dir)
+    cfg, _ = experiment.load_run(run_dir)
+    split = experiment.val_split(run_dir, split_json)
+    rows = []
+    for tta in (False, True):
+        predictor = experiment.load_predictor(run_dir, checkpoint, score_thresh, tta=tta)
+        start = time.perf_counter()
+        results = predict_split(predictor, split, progress=progress)
+        seconds = (time.perf_counter() - start) / max(len(split.images), 1)
+        rows.append({"tta": tta, **_scores(split, results), "seconds_per_image": seconds})
+    report = {"run_dir": str(run_dir), "checkpoint": checkpoint, "split": str(split.json_path),
+              "score_thresh": predictor.score_thresh, "min_sizes": cfg["TEST.AUG.MIN_SIZES"],
+              "max_size": cfg["TEST.AUG.MAX_SIZE"], "flip": cfg["TEST.AUG.FLIP"],
+              "augmentations": len(cfg["TEST.AUG.MIN_SIZES"]) * (2 if cfg["TEST.AUG.FLIP"] else 1),
+              "metric_labels": {k: METRIC_LABELS[k] for k in (HEADLINE, "segm/AP")}, "rows": rows,
+              "gain": {k: rows[1][k] - rows[0][k] for k in (HEADLINE, "segm/AP")},
+              "cost": rows[1]["seconds_per_image"] / rows[0]["seconds_per_image"] if rows[0]["seconds_per_image"] else None}
+    write_json(Path(out_dir) / TTA, report, indent=2)
+    return report
+
+
+def format_tta(report: dict) -> str:
+    sizes = ", ".join(str(s) for s in report["min_sizes"])
+    lines = [f"test-time augmentation: shortest edge {sizes} (max {report['max_size']})"
+             f"{', each also flipped' if report['flip'] else ''}: {report['augmentations']} passes per image, val split:"]
+    for r in report["rows"]:
+        lines.append(f"  {'with TTA   ' if r['tta'] else 'without TTA'}: {METRIC_LABELS[HEADLINE]} {r[HEADLINE]:.4f}, "
+                     f"{METRIC_LABELS['segm/AP']} {r['segm/AP']:.4f}, {r['seconds_per_image']:.3g} s per image")
+    if report["cost"] is not None:
+        lines.append(f"  TTA costs {report['cost']:.3g}x the time per image")
+    return "\n".join(lines)
+
+
 def format_channel_order(report: dict) -> str:
     lines = [f"model trained with {report['trained_with']} ({report['engine']} engine), val split:"]
     for r in report["rows"]:
@@ -108,8 +154,8 @@ def format_threshold_sweep(report: dict) -> str:
 
 def measure(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best", score_thresh: float | None = None,
             progress: bool = False) -> dict:
-    """Notebook 04's measurements on the val split: COCO metrics (``val_metrics.json``), channel order and
-    the score-threshold sweep, all written to ``out_dir``. A run that trained on every image
+    """Notebook 04's measurements on the val split: COCO metrics (``val_metrics.json``), channel order,
+    the score-threshold sweep and test-time augmentation, all written to ``out_dir``. A run that trained on every image
     (DATASETS.VAL_FRACTION 0) has no val split: nothing is measured and ``skipped`` says why."""
     cfg, _ = experiment.load_run(run_dir)
     if experiment.trains_on_all(cfg):
@@ -118,7 +164,8 @@ def measure(run_dir: str | Path, out_dir: str | Path, checkpoint: str = "best", 
     return {"val": experiment.evaluate_run(run_dir, checkpoint=checkpoint, score_thresh=score_thresh, out_dir=out_dir,
                                            progress=progress),
             "channel_order": channel_order(run_dir, out_dir, checkpoint, score_thresh, progress=progress),
-            "threshold_sweep": threshold_sweep(run_dir, out_dir, checkpoint, progress=progress)}
+            "threshold_sweep": threshold_sweep(run_dir, out_dir, checkpoint, progress=progress),
+            "tta": measure_tta(run_dir, out_dir, checkpoint, score_thresh, progress=progress)}
 
 
 def format_measured(measured: dict) -> str:
@@ -130,7 +177,8 @@ def format_measured(measured: dict) -> str:
     return "\n\n".join([format_table(measured["val"]["segm"], title="val segm"),
                         format_table(measured["val"]["bbox"], title="val bbox"),
                         format_channel_order(measured["channel_order"]),
-                        format_threshold_sweep(measured["threshold_sweep"])])
+                        format_threshold_sweep(measured["threshold_sweep"]),
+                        format_tta(measured["tta"])])
 
 
 def save_figures(measured: dict, fig_dir: str | Path) -> list:

@@ -152,6 +152,10 @@ RANGES: dict[str, tuple] = {
     "TEST.BEST_METRIC": _choice(*[f"{t}/{m}" for t in ("segm", "bbox")
                                   for m in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100",
                                             "ARs", "ARm", "ARl")]),
+    "TEST.AUG.ENABLED": _BOOL,
+    "TEST.AUG.MIN_SIZES": _POSITIVE_SIZES,
+    "TEST.AUG.MAX_SIZE": _POSITIVE,
+    "TEST.AUG.FLIP": _BOOL,
     "OUTPUT_DIR": ((lambda v: isinstance(v, str) and v.strip() != "" and "\x00" not in v), "a non-empty path"),
     "SEED": _int_at_least(-1, 2**32 - 1),
     "CUDNN_BENCHMARK": _BOOL,

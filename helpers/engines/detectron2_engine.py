@@ -525,19 +525,24 @@ def _predictor(model, node, categories: list[dict]) -> base.Predictor:
     """A Predictor around ``model``, which the caller keeps in eval mode while using it.
 
     Images come as RGB (helpers.data.read_image) and go to the model in INPUT.FORMAT, resized as
-    detectron2's DefaultPredictor does.
+    detectron2's DefaultPredictor does. With TEST.AUG.ENABLED the model is wrapped in detectron2's own
+    ``GeneralizedRCNNWithTTA``, which resizes (to each of TEST.AUG.MIN_SIZES) and flips by itself.
     """
     import detectron2.data.transforms as T
 
     category_ids = np.array([c["id"] for c in sorted(categories, key=lambda c: c["id"])], dtype=np.int64)
     resize = T.ResizeShortestEdge([node.INPUT.MIN_SIZE_TEST] * 2, node.INPUT.MAX_SIZE_TEST)
+    if node.TEST.AUG.ENABLED:
+        from detectron2.modeling import GeneralizedRCNNWithTTA
+
+        model = GeneralizedRCNNWithTTA(node, model)
     bgr = node.INPUT.FORMAT == "BGR"
 
     def predict(images: list[np.ndarray]) -> list[Instances]:
         inputs = []
         for rgb in images:
             image = rgb[:, :, ::-1] if bgr else rgb
-            resized = resize.get_transform(image).apply_image(image)
+            resized = image if node.TEST.AUG.ENABLED else resize.get_transform(image).apply_image(image)
             tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)).astype("float32"))
             inputs.append({"image": tensor, "height": rgb.shape[0], "width": rgb.shape[1]})
         with torch.no_grad():

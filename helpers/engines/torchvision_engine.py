@@ -49,7 +49,7 @@ from ..schedule import learning_rate  # noqa: F401  (the loop's schedule; tests 
 from ..config import IMAGENET, Config
 from ..errors import ConfigError, EngineError
 from ..instances import Instances
-from . import base
+from . import base, torchvision_tta
 
 log = logging.getLogger(__name__)
 
@@ -482,11 +482,14 @@ def _predictor(model: nn.Module, cfg: Config, categories: list[dict], device: to
     """A Predictor around ``model``, which the caller keeps in eval mode while using it."""
     category_ids = np.array([c["id"] for c in sorted(categories, key=lambda c: c["id"])], dtype=np.int64)
     amp = _amp(cfg, device)
+    tta = {"min_sizes": cfg["TEST.AUG.MIN_SIZES"], "max_size": cfg["TEST.AUG.MAX_SIZE"], "flip": cfg["TEST.AUG.FLIP"],
+           "nms_thresh": cfg["MODEL.ROI_HEADS.NMS_THRESH_TEST"],
+           "detections_per_image": cfg["TEST.DETECTIONS_PER_IMAGE"]} if cfg["TEST.AUG.ENABLED"] else None
 
     def predict(images: list[np.ndarray]) -> list[Instances]:
         tensors = [_image_tensor(image, device) for image in images]
         with torch.inference_mode(), torch.autocast(device.type, enabled=amp):
-            outputs = model(tensors)
+            outputs = [torchvision_tta.predict_one(model, t, **tta) for t in tensors] if tta else model(tensors)
         return [_instances(out, image.shape[:2], category_ids) for out, image in zip(outputs, images)]
 
     return base.Predictor(predict, categories, cfg["MODEL.ROI_HEADS.SCORE_THRESH_TEST"], str(device))
