@@ -310,3 +310,31 @@ def test_channel_order_check_swaps_to_rgb_for_a_bgr_model(reference_run, tmp_pat
     assert order["trained_with"] == "BGR" and order["engine"] == "detectron2"
     assert [(r["fed"], r["as_trained"]) for r in order["rows"]] == [("BGR", True), ("RGB", False)]
     assert all(0.0 <= r["segm/AP50"] <= 1.0 for r in order["rows"])
+
+
+@needs_detectron2
+@pytest.mark.slow
+def test_tta_is_detectron2s_own_and_one_pass_equals_the_plain_prediction(reference_run, demo_root, tmp_path):
+    """TEST.AUG.ENABLED wraps the model in GeneralizedRCNNWithTTA, fed the image at its own size: with one
+    pass at MIN_SIZE_TEST and no flip, its detections are the plain predictor's."""
+    from helpers import inference_checks
+
+    split = data.load_split(demo_root / data.TEST_JSON, check_images=False)
+    images = [data.read_image(split.image_path(img)) for img in split.images[:2]]
+    plain = experiment.load_predictor(reference_run, score_thresh=0.0)(images)
+    cfg, _ = experiment.load_run(reference_run)
+    run = tmp_path / "one_pass"
+    import shutil
+
+    shutil.copytree(reference_run, run)
+    cfg["TEST.AUG.MIN_SIZES"], cfg["TEST.AUG.FLIP"] = [cfg["INPUT.MIN_SIZE_TEST"]], False
+    cfg.save(run / "config.yaml")
+    one_pass = experiment.load_predictor(run, score_thresh=0.0, tta=True)(images)
+    for a, b in zip(plain, one_pass):
+        assert len(a.scores) > 0 and len(a.scores) == len(b.scores)
+        assert np.allclose(a.scores, b.scores, atol=1e-5) and np.allclose(a.boxes, b.boxes, atol=1e-2)
+        assert (a.category_ids == b.category_ids).all()
+    assert_instances_fit_images(images, experiment.load_predictor(reference_run, score_thresh=0.0, tta=True)(images),
+                                {c["id"] for c in split.categories})
+    report = inference_checks.measure_tta(reference_run, tmp_path)
+    assert [r["tta"] for r in report["rows"]] == [False, True] and report["augmentations"] == 6

@@ -542,8 +542,11 @@ def _predictor(model, node, categories: list[dict]) -> base.Predictor:
         inputs = []
         for rgb in images:
             image = rgb[:, :, ::-1] if bgr else rgb
-            resized = image if node.TEST.AUG.ENABLED else resize.get_transform(image).apply_image(image)
-            tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)).astype("float32"))
+            if node.TEST.AUG.ENABLED:  # uint8 at its own size, as detectron2's DatasetMapper gives the TTA mapper
+                tensor = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+            else:
+                resized = resize.get_transform(image).apply_image(image)
+                tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)).astype("float32"))
             inputs.append({"image": tensor, "height": rgb.shape[0], "width": rgb.shape[1]})
         with torch.no_grad():
             outputs = model(inputs)
