@@ -2,8 +2,11 @@
 
 Config keys keep detectron2's meaning (see :mod:`helpers.config`); the mapping is:
 
-- backbone: torchvision's ResNet of ``MODEL.RESNETS.DEPTH`` with ``RESNETS.NORM`` (FrozenBN, BN,
-  GN = GroupNorm(32), SyncBN = BN converted under DDP); the stem and the first
+- backbone: torchvision's ResNet of ``MODEL.RESNETS.DEPTH`` with ``NUM_GROUPS`` groups of
+  ``WIDTH_PER_GROUP`` channels in its bottlenecks (R50, R101, X101-32x8d = 101/32/8 is torchvision's
+  resnext101_32x8d; the stride sits in the 3x3 conv, as detectron2's ``STRIDE_IN_1X1 False``) and
+  ``RESNETS.NORM`` (FrozenBN, BN, GN = GroupNorm(32), SyncBN = BN converted under DDP);
+  ``MODEL.WEIGHTS imagenet`` loads torchvision's own ImageNet weights of that shape; the stem and the first
   ``BACKBONE.FREEZE_AT - 1`` stages are frozen (their norms become FrozenBN), as in detectron2;
   an FPN of ``FPN.OUT_CHANNELS`` on res2..res5 plus a max-pooled p6 for the RPN.
 - RPN, ROI heads, box head (``NUM_CONV`` convs of ``CONV_DIM``, then ``NUM_FC`` FC layers of
@@ -41,6 +44,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -62,6 +66,27 @@ DOWNLOAD_TIMEOUT_S = 60  # a stalled ImageNet download fails instead of hanging
 MASK_THRESHOLD = 0.5
 GN_GROUPS = 32  # detectron2's GroupNorm
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, FrozenBatchNorm2d)
+# torchvision's block and blocks per stage (res2..res5) for each MODEL.RESNETS.DEPTH, as detectron2 builds them
+RESNET_STAGES = {
+    18: (BasicBlock, [2, 2, 2, 2]),
+    34: (BasicBlock, [3, 4, 6, 3]),
+    50: (Bottleneck, [3, 4, 6, 3]),
+    101: (Bottleneck, [3, 4, 23, 3]),
+    152: (Bottleneck, [3, 8, 36, 3]),
+}
+# torchvision's ImageNet weights (IMAGENET1K_V1) by (DEPTH, NUM_GROUPS, WIDTH_PER_GROUP)
+IMAGENET_WEIGHTS = {
+    (18, 1, 64): "ResNet18_Weights",
+    (34, 1, 64): "ResNet34_Weights",
+    (50, 1, 64): "ResNet50_Weights",
+    (101, 1, 64): "ResNet101_Weights",
+    (152, 1, 64): "ResNet152_Weights",
+    (50, 32, 4): "ResNeXt50_32X4D_Weights",
+    (101, 32, 8): "ResNeXt101_32X8D_Weights",
+    (101, 64, 4): "ResNeXt101_64X4D_Weights",
+    (50, 1, 128): "Wide_ResNet50_2_Weights",
+    (101, 1, 128): "Wide_ResNet101_2_Weights",
+}
 
 
 
@@ -79,6 +104,9 @@ def prepare_config(cfg: Config) -> Config:
     cfg = cfg.copy()
     base.trainable_norm_for_random_init(cfg)
     _anchor_levels(cfg)
+    _check_resnet(cfg)
+    if cfg["MODEL.WEIGHTS"] == IMAGENET:
+        _imagenet_weights(cfg)
     for key in ("SOLVER.CHECKPOINT_PERIOD", "SOLVER.IMS_PER_BATCH", "SOLVER.MAX_ITER"):
         if cfg[key] < 1:
             raise ConfigError(f"{key} must be at least 1, got {cfg[key]}")
@@ -304,14 +332,45 @@ def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(GN_GROUPS, channels)
 
 
+def _resnet_name(cfg: Config) -> str:
+    """The backbone's usual name: ResNet-50, ResNeXt-101 32x8d, ResNet-50 (width 128 per group)."""
+    depth, groups, width = (cfg[f"MODEL.RESNETS.{k}"] for k in ("DEPTH", "NUM_GROUPS", "WIDTH_PER_GROUP"))
+    if groups > 1:
+        return f"ResNeXt-{depth} {groups}x{width}d"
+    return f"ResNet-{depth}" + ("" if width == 64 else f" (width {width} per group)")
+
+
+def _check_resnet(cfg: Config) -> None:
+    """What torchvision's ResNet can build: basic blocks (R18/R34) have one group of width 64."""
+    depth, width = cfg["MODEL.RESNETS.DEPTH"], cfg["MODEL.RESNETS.WIDTH_PER_GROUP"]
+    if depth in (18, 34) and width != 64:
+        raise ConfigError(f"MODEL.RESNETS.WIDTH_PER_GROUP = {width}: the torchvision engine builds ResNet-{depth} "
+                          f"(basic blocks) only with 64; a width needs MODEL.RESNETS.DEPTH >= 50")
+
+
+def _imagenet_weights(cfg: Config) -> torchvision.models.WeightsEnum:
+    """torchvision's ImageNet weights for this DEPTH / NUM_GROUPS / WIDTH_PER_GROUP; ConfigError if it has none."""
+    shape = tuple(cfg[f"MODEL.RESNETS.{k}"] for k in ("DEPTH", "NUM_GROUPS", "WIDTH_PER_GROUP"))
+    if shape not in IMAGENET_WEIGHTS:
+        known = ", ".join(f"{d}/{g}/{w}" for d, g, w in IMAGENET_WEIGHTS)
+        raise ConfigError(f"MODEL.WEIGHTS imagenet: torchvision has no ImageNet weights for {_resnet_name(cfg)} "
+                          f"(DEPTH/NUM_GROUPS/WIDTH_PER_GROUP {'/'.join(map(str, shape))}; it has {known}); "
+                          f"set MODEL.WEIGHTS to a weights file, or MODEL.WEIGHTS '' for random init")
+    return getattr(torchvision.models, IMAGENET_WEIGHTS[shape]).IMAGENET1K_V1
+
+
 def _backbone(cfg: Config, imagenet: bool) -> BackboneWithFPN:
-    """ResNet-FPN: the ResNet of RESNETS.DEPTH, optionally ImageNet weights, frozen stem and stages."""
-    depth = cfg["MODEL.RESNETS.DEPTH"]
-    resnet = getattr(torchvision.models, f"resnet{depth}")(weights=None, norm_layer=_norm_layer(cfg["MODEL.RESNETS.NORM"]))
+    """ResNet-FPN: torchvision's ResNet of RESNETS.DEPTH with NUM_GROUPS groups of WIDTH_PER_GROUP
+    channels in each bottleneck, optionally ImageNet weights, frozen stem and stages."""
+    _check_resnet(cfg)
+    block, layers = RESNET_STAGES[cfg["MODEL.RESNETS.DEPTH"]]
+    resnet = ResNet(block, layers, groups=cfg["MODEL.RESNETS.NUM_GROUPS"], width_per_group=cfg["MODEL.RESNETS.WIDTH_PER_GROUP"],
+                    norm_layer=_norm_layer(cfg["MODEL.RESNETS.NORM"]))
     if imagenet:
-        missing, unexpected = resnet.load_state_dict(_imagenet_state(depth), strict=False)
+        missing, unexpected = resnet.load_state_dict(_imagenet_state(_imagenet_weights(cfg), _resnet_name(cfg)),
+                                                     strict=False)
         if missing or unexpected:  # GN has no running statistics to take
-            log.info("ImageNet ResNet-%d: %d tensors missing, %d unused", depth, len(missing), len(unexpected))
+            log.info("ImageNet %s: %d tensors missing, %d unused", _resnet_name(cfg), len(missing), len(unexpected))
     _freeze_stages(resnet, cfg["MODEL.BACKBONE.FREEZE_AT"])
     c2 = resnet.inplanes // 8  # res2's output channels: 64 (ResNet-18/34) or 256 (ResNet-50+)
     return BackboneWithFPN(
@@ -356,16 +415,15 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(old)
 
 
-def _imagenet_state(depth: int) -> dict:
-    """torchvision's ImageNet ResNet weights, from its cache or downloaded; EngineError if neither works."""
-    weights = getattr(torchvision.models, f"ResNet{depth}_Weights").IMAGENET1K_V1
+def _imagenet_state(weights: torchvision.models.WeightsEnum, name: str) -> dict:
+    """torchvision's ImageNet backbone weights, from its cache or downloaded; EngineError if neither works."""
     try:
         with _socket_timeout(DOWNLOAD_TIMEOUT_S):
             return weights.get_state_dict(progress=True, check_hash=True)
     except (OSError, RuntimeError, ValueError) as e:
         cache = Path(torch.hub.get_dir()) / "checkpoints"
         raise EngineError(
-            f"cannot get torchvision's ImageNet ResNet-{depth} weights ({type(e).__name__}: {e}); "
+            f"cannot get torchvision's ImageNet {name} weights ({type(e).__name__}: {e}); "
             f"put {Path(weights.url).name} (from {weights.url}) into {cache}, "
             f"or set MODEL.WEIGHTS to a local checkpoint path, or MODEL.WEIGHTS '' for random init"
         ) from None
