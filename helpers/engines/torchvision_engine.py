@@ -16,6 +16,10 @@ Config keys keep detectron2's meaning (see :mod:`helpers.config`); the mapping i
 - input: RGB floats in 0..1 normalised with torchvision's ImageNet mean/std; one of
   ``MIN_SIZE_TRAIN`` per training image, ``MIN_SIZE_TEST`` in eval mode.
 
+- ``SOLVER.AMP.ENABLED``: training steps and prediction under ``torch.autocast``, float16 with a
+  GradScaler on CUDA, bfloat16 on the CPU (no scaler needed); the RPN, box and mask predictors hand
+  float32 to box decoding, NMS, mask pasting and the losses.
+
 Training is iteration-based like detectron2's: every batch, flip and random draw depends only on
 (SEED, iteration), so a run killed at any moment resumes to bit-identical weights (on CPU).
 """
@@ -65,6 +69,9 @@ POOLER_SAMPLING_RATIO = 0  # detectron2's default: adaptive RoIAlign sampling
 DOWNLOAD_TIMEOUT_S = 60  # a stalled ImageNet download fails instead of hanging
 MASK_THRESHOLD = 0.5
 GN_GROUPS = 32  # detectron2's GroupNorm
+# SOLVER.AMP.ENABLED: autocast dtype per device type. float16 on CUDA, with a GradScaler against gradient
+# underflow; bfloat16 on the CPU (float32's exponent range: no scaler). Other devices run in full precision.
+AMP_DTYPES = {"cuda": torch.float16, "cpu": torch.bfloat16}
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, FrozenBatchNorm2d)
 # torchvision's block and blocks per stage (res2..res5) for each MODEL.RESNETS.DEPTH, as detectron2 builds them
 RESNET_STAGES = {
@@ -209,7 +216,7 @@ def build_model(cfg: Config, num_classes: int, load_weights: bool = True) -> Mas
         _backbone(cfg, imagenet=weights == IMAGENET),
         num_classes=None,
         rpn_anchor_generator=AnchorGenerator(sizes, ratios),
-        rpn_head=RPNHead(channels, len(sizes[0]) * len(ratios[0])),
+        rpn_head=_RPNHead(channels, len(sizes[0]) * len(ratios[0])),
         rpn_pre_nms_top_n_train=cfg["MODEL.RPN.PRE_NMS_TOPK_TRAIN"],
         rpn_pre_nms_top_n_test=cfg["MODEL.RPN.PRE_NMS_TOPK_TEST"],
         rpn_post_nms_top_n_train=cfg["MODEL.RPN.POST_NMS_TOPK_TRAIN"],
@@ -243,6 +250,17 @@ def build_model(cfg: Config, num_classes: int, load_weights: bool = True) -> Mas
     return model
 
 
+class _RPNHead(RPNHead):
+    """torchvision's RPN head with float32 outputs. Under autocast its convs run in bfloat16/float16,
+    and torchvision decodes boxes in the dtype of the deltas: proposals and detections would be
+    rounded to a few pixels (bfloat16 keeps 8 significant bits: steps of 2 px at 256..512). In float32
+    they are decoded, matched and NMS-ed as without AMP; the box and mask predictors do the same."""
+
+    def forward(self, x: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        logits, deltas = super().forward(x)
+        return [t.float() for t in logits], [t.float() for t in deltas]
+
+
 class _BoxPredictor(FastRCNNPredictor):
     """Class scores and box deltas; with ``agnostic`` (CLS_AGNOSTIC_BBOX_REG) one set of deltas
     that every class shares, repeated per class for torchvision's class-indexed loss and decoding."""
@@ -255,7 +273,7 @@ class _BoxPredictor(FastRCNNPredictor):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scores, deltas = super().forward(x)
-        return scores, deltas.repeat(1, self.repeats)
+        return scores.float(), deltas.float().repeat(1, self.repeats)  # float32 under autocast: see _RPNHead
 
 
 class _MaskPredictor(MaskRCNNPredictor):
@@ -267,7 +285,7 @@ class _MaskPredictor(MaskRCNNPredictor):
         self.num_outputs = num_outputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = super().forward(x)
+        logits = super().forward(x).float()  # float32 under autocast: the pasted masks and the loss
         return logits.expand(-1, self.num_outputs, -1, -1)
 
 
@@ -532,18 +550,29 @@ def _image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).to(device, non_blocking=True).float().div_(255)
 
 
-def _amp(cfg: Config, device: torch.device) -> bool:
-    return bool(cfg["SOLVER.AMP.ENABLED"]) and device.type == "cuda"
+def _amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype SOLVER.AMP.ENABLED gives on ``device`` (AMP_DTYPES), or None: full precision."""
+    if not cfg["SOLVER.AMP.ENABLED"]:
+        return None
+    dtype = AMP_DTYPES.get(device.type)
+    if dtype is None:
+        base.warn_once(f"SOLVER.AMP.ENABLED: no mixed precision on {device.type}; running in full precision")
+    return dtype
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Mixed precision in ``dtype`` on ``device`` (None: a no-op)."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def _predictor(model: nn.Module, cfg: Config, categories: list[dict], device: torch.device) -> base.Predictor:
     """A Predictor around ``model``, which the caller keeps in eval mode while using it."""
     category_ids = np.array([c["id"] for c in sorted(categories, key=lambda c: c["id"])], dtype=np.int64)
-    amp = _amp(cfg, device)
+    amp = _amp_dtype(cfg, device)
 
     def predict(images: list[np.ndarray]) -> list[Instances]:
         tensors = [_image_tensor(image, device) for image in images]
-        with torch.inference_mode(), torch.autocast(device.type, enabled=amp):
+        with torch.inference_mode(), _autocast(device, amp):
             outputs = model(tensors)
         return [_instances(out, image.shape[:2], category_ids) for out, image in zip(outputs, images)]
 
@@ -662,28 +691,33 @@ class _Trainer:
         self.seed = base.effective_seed(cfg)
         self.split = data.load_split(splits.train, check_images=False)
         self.max_iter = cfg["SOLVER.MAX_ITER"]
-        self.amp = _amp(cfg, ctx.device)
+        self.amp = _amp_dtype(cfg, ctx.device)
 
     def run(self, resume: bool, progress: bool) -> dict:
         """Train from scratch or from the last checkpoint up to MAX_ITER; the final val metrics."""
         checkpoint = runs.resume_checkpoint(self.run_dir) if resume else None  # verified: falls back past damage
+        start = self._setup(checkpoint)
+        if start < self.max_iter:
+            self._loop(start, progress)
+        if self.ctx.is_main and start < self.max_iter:
+            runs.save_checkpoint(self.run_dir, runs.FINAL, self._state(self.max_iter - 1))
+        return self._final_metrics()
+
+    def _setup(self, checkpoint: Path | None) -> int:
+        """Model, optimizer and grad scaler, from ``checkpoint`` when given; the iteration to start at."""
         torch.manual_seed(self.seed)
         self.model = build_model(self.cfg, len(self.split.categories), load_weights=checkpoint is None)
         if self.cfg["MODEL.RESNETS.NORM"] == "SyncBN" and self.ctx.world > 1:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model = _to_device(self.model, self.ctx.device)
         self.optimizer = _optimizer(self.cfg, self.model)
-        self.scaler = torch.amp.GradScaler(self.ctx.device.type, enabled=self.amp)
+        self.scaler = torch.amp.GradScaler(self.ctx.device.type, enabled=self.amp == torch.float16)
         start = self._restore(checkpoint) if checkpoint else 0
         self.net = self.model
         if self.ctx.world > 1:
             ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if start < self.max_iter:
-            self._loop(start, progress)
-        if self.ctx.is_main and start < self.max_iter:
-            runs.save_checkpoint(self.run_dir, runs.FINAL, self._state(self.max_iter - 1))
-        return self._final_metrics()
+        return start
 
     def _restore(self, checkpoint: Path) -> int:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -743,7 +777,7 @@ class _Trainer:
         torch.manual_seed(base.iteration_seed(self.seed, it, base.TORCH_STREAM, self.ctx.rank))
         images = [img.to(device, non_blocking=True).float().div_(255) for img in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-        with torch.autocast(device.type, enabled=self.amp):
+        with _autocast(device, self.amp):
             losses = self.net(images, targets)
         total = sum(losses.values())
         values = self._reduce(losses)
