@@ -162,7 +162,6 @@ ENGINE_UNSUPPORTED: dict[str, dict[str, str]] = {
         "MODEL.ROI_MASK_HEAD.POOLER_TYPE": "torchvision uses MultiScaleRoIAlign (aligned=False)",
         "DATALOADER.ASPECT_RATIO_GROUPING": "torchvision's loader batches images in sampler order",
         "SOLVER.LR_SCHEDULER_NAME": "only WarmupMultiStepLR is implemented for torchvision",
-        "CUDNN_BENCHMARK": "not wired for torchvision",
     },
 }
 

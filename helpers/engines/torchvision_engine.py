@@ -20,8 +20,14 @@ Config keys keep detectron2's meaning (see :mod:`helpers.config`); the mapping i
   GradScaler on CUDA, bfloat16 on the CPU (no scaler needed); the RPN, box and mask predictors hand
   float32 to box decoding, NMS, mask pasting and the losses.
 
+- loading: ``DATALOADER.NUM_WORKERS`` worker processes (0: in the training process); host memory
+  is pinned when the device is CUDA (detectron2 has no key for it, so neither do we);
+  ``CUDNN_BENCHMARK`` turns on cuDNN's algorithm search on CUDA (fastest, not bit-reproducible).
+
 Training is iteration-based like detectron2's: every batch, flip and random draw depends only on
-(SEED, iteration), so a run killed at any moment resumes to bit-identical weights (on CPU).
+(SEED, iteration), so a run killed at any moment resumes to bit-identical weights (on CPU), with any
+number of loader workers: a sample is drawn from (SEED, iteration, index) alone, never from a
+worker's own random state.
 """
 
 from __future__ import annotations
@@ -128,6 +134,7 @@ def train(cfg: Config, splits: data.SplitPaths, run_dir: Path, resume: bool = Fa
     Under ``torchrun`` (WORLD_SIZE > 1) every process calls this; rank 0 alone writes files.
     """
     ctx = _setup_distributed(cfg)
+    _cudnn_benchmark(cfg, ctx.device)
     try:
         final = _Trainer(cfg, splits, Path(run_dir), ctx).run(resume, progress)
         if ctx.world > 1:
@@ -534,6 +541,13 @@ def _setup_distributed(cfg: Config) -> _Dist:
     if owns:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return _Dist(device, dist.get_rank(), dist.get_world_size(), owns)
+
+
+def _cudnn_benchmark(cfg: Config, device: torch.device) -> None:
+    """CUDNN_BENCHMARK on CUDA: cuDNN times its convolution algorithms per input shape and keeps the
+    fastest (multi-scale training meets a handful of shapes); the CPU has no cuDNN."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = bool(cfg["CUDNN_BENCHMARK"])
 
 
 def _to_device(model: nn.Module, device: torch.device) -> nn.Module:
