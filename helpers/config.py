@@ -47,6 +47,8 @@ DEFAULTS: dict[str, Any] = {
         "BACKBONE": {"FREEZE_AT": 2},
         "RESNETS": {
             "DEPTH": 50,
+            "NUM_GROUPS": 1,  # 32 with WIDTH_PER_GROUP 8 and DEPTH 101: ResNeXt-101 32x8d
+            "WIDTH_PER_GROUP": 64,  # the bottleneck's width per group in res2 (doubles per stage)
             "NORM": "FrozenBN",
             "OUT_FEATURES": ["res2", "res3", "res4", "res5"],
             "RES2_OUT_CHANNELS": 256,
@@ -163,8 +165,15 @@ ENGINE_UNSUPPORTED: dict[str, dict[str, str]] = {
         "MODEL.ROI_MASK_HEAD.POOLER_TYPE": "torchvision uses MultiScaleRoIAlign (aligned=False)",
         "DATALOADER.ASPECT_RATIO_GROUPING": "torchvision's loader batches images in sampler order",
         "SOLVER.LR_SCHEDULER_NAME": "only WarmupMultiStepLR is implemented for torchvision",
-        "CUDNN_BENCHMARK": "not wired for torchvision",
     },
+}
+
+# Keys of ENGINE_UNSUPPORTED that the engine builds at one fixed value: setting that value states what
+# the engine does anyway, so it is accepted (detectron2's X101 configs set STRIDE_IN_1X1 False, which is
+# how torchvision's ResNets are built).
+ENGINE_FIXED: dict[str, dict[str, Any]] = {
+    "detectron2": {},
+    "torchvision": {"MODEL.RESNETS.STRIDE_IN_1X1": False},
 }
 
 # Values that exist only as fixed choices in one engine; anything else is rejected.
@@ -198,6 +207,9 @@ def check_consistency(cfg: "Config") -> None:
     if len(ratios) not in (1, len(sizes)):
         raise ConfigError(f"MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS has {len(ratios)} levels: expected 1 or as many "
                           f"as MODEL.ANCHOR_GENERATOR.SIZES ({len(sizes)}){_where(cfg)}")
+    if cfg["MODEL.RESNETS.NUM_GROUPS"] > 1 and cfg["MODEL.RESNETS.DEPTH"] < 50:
+        raise ConfigError(f"MODEL.RESNETS.NUM_GROUPS = {cfg['MODEL.RESNETS.NUM_GROUPS']} needs a bottleneck ResNet "
+                          f"(MODEL.RESNETS.DEPTH >= 50), got DEPTH {cfg['MODEL.RESNETS.DEPTH']}{_where(cfg)}")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -277,7 +289,8 @@ class Config:
             raise ConfigError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         for key in sorted(self.explicit):
             why = ENGINE_UNSUPPORTED[engine].get(key)
-            if why is not None and self[key] != DEFAULT_KEYS[key]:
+            fixed = ENGINE_FIXED[engine].get(key, DEFAULT_KEYS[key])
+            if why is not None and self[key] not in (DEFAULT_KEYS[key], fixed):
                 raise ConfigError(f"{key} is not supported by the {engine} engine ({why}){_where(self)}")
         for key, allowed in ENGINE_CHOICES[engine].items():
             if self[key] not in allowed:
@@ -429,7 +442,9 @@ def engine_key_table() -> list[tuple[str, Any, str, str]]:
         for engine in ("torchvision", "detectron2"):
             why = ENGINE_UNSUPPORTED[engine].get(key)
             choices = ENGINE_CHOICES[engine].get(key)
-            if why:
+            if why and key in ENGINE_FIXED[engine]:
+                cells.append(f"no ({why}; {ENGINE_FIXED[engine][key]!r}, what it builds, is accepted)")
+            elif why:
                 cells.append(f"no ({why})")
             elif choices:
                 cells.append("yes: " + ", ".join(str(c) if c != "" else "'' (none)" for c in choices))

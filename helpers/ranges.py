@@ -72,6 +72,8 @@ RANGES: dict[str, tuple] = {
     "MODEL.PIXEL_STD": _list_of(lambda x: is_number(x) and x > 0, "positive numbers", length=3),
     "MODEL.BACKBONE.FREEZE_AT": _int_at_least(0, 5),
     "MODEL.RESNETS.DEPTH": _POSITIVE,  # the depths each engine builds: ENGINE_CHOICES
+    "MODEL.RESNETS.NUM_GROUPS": _POSITIVE,  # > 1 only with DEPTH >= 50: config.check_consistency
+    "MODEL.RESNETS.WIDTH_PER_GROUP": _POSITIVE,
     "MODEL.RESNETS.NORM": _ANY_STRING,
     "MODEL.RESNETS.OUT_FEATURES": _list_of(lambda x: x in ("res2", "res3", "res4", "res5"), "names among 'res2'..'res5'"),
     "MODEL.RESNETS.RES2_OUT_CHANNELS": _POSITIVE,

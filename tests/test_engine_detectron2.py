@@ -78,6 +78,20 @@ def test_homework_values_land_in_the_detectron2_config(project_root):
 
 
 @needs_detectron2
+def test_x101_backbone_keys_land_in_the_detectron2_config_and_build(project_root):
+    cfg = d2e.prepare_config(load_config(project_root / "configs" / "homework_x101.yaml", ["MODEL.DEVICE", "cpu"]))
+    node = d2e.detectron2_config(cfg)
+    resnets = node.MODEL.RESNETS
+    assert (resnets.DEPTH, resnets.NUM_GROUPS, resnets.WIDTH_PER_GROUP, resnets.STRIDE_IN_1X1) == (101, 32, 8, False)
+    assert node.MODEL.WEIGHTS == "detectron2://ImageNetPretrained/FAIR/X-101-32x8d.pkl"
+    assert tuple(node.MODEL.PIXEL_STD) == (57.375, 57.120, 58.395)
+    from detectron2.modeling import build_backbone
+
+    conv = build_backbone(node).bottom_up.res2[0].conv2  # res2's first 3x3 conv: 32 groups of 8 channels
+    assert (conv.groups, conv.in_channels, conv.out_channels, conv.stride) == (32, 256, 256, (1, 1))
+
+
+@needs_detectron2
 def test_config_without_the_model_zoo_is_the_same(project_root, monkeypatch):
     """Where detectron2.model_zoo cannot import (no pkg_resources), the structural keys are set directly."""
     import detectron2
@@ -95,7 +109,7 @@ def test_prepare_config_makes_random_init_and_small_resnets_buildable(project_ro
                                          ["MODEL.WEIGHTS", "", "MODEL.RESNETS.DEPTH", "18"]))
     assert (cfg["MODEL.RESNETS.NORM"], cfg["MODEL.BACKBONE.FREEZE_AT"]) == ("BN", 0)
     assert cfg["MODEL.RESNETS.RES2_OUT_CHANNELS"] == 64
-    with pytest.raises(EngineError, match="ImageNet weights for ResNet-50 and ResNet-101, not ResNet-18"):
+    with pytest.raises(EngineError, match="ImageNet weights for R50, R101 and X101-32x8d .*not 18/1/64"):
         d2e.prepare_config(load_config(project_root / "configs" / "demo.yaml", ["MODEL.WEIGHTS", "imagenet"]))
     with pytest.raises(ConfigError, match=r"MODEL\.MASK_ON = False is not supported by the detectron2 engine"):
         load_config(project_root / "configs" / "demo.yaml", ["MODEL.MASK_ON", "False"]).check_engine("detectron2")

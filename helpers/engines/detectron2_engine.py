@@ -56,10 +56,13 @@ from . import base
 
 D2_CONFIG = "detectron2_config.yaml"  # detectron2's full config dump, beside our config.yaml
 OUR_KEYS = ("DATASETS.ROOT", "DATASETS.VAL_FRACTION", "DATASETS.SPLIT_SEED", "TEST.BEST_METRIC")  # not detectron2's
-IMAGENET_WEIGHTS = {  # the MSRA ImageNet backbones detectron2's model zoo configs start from
-    50: "detectron2://ImageNetPretrained/MSRA/R-50.pkl",
-    101: "detectron2://ImageNetPretrained/MSRA/R-101.pkl",
+IMAGENET_WEIGHTS = {  # the ImageNet backbones detectron2's model zoo configs start from, by (DEPTH, NUM_GROUPS, WIDTH_PER_GROUP)
+    (50, 1, 64): "detectron2://ImageNetPretrained/MSRA/R-50.pkl",
+    (101, 1, 64): "detectron2://ImageNetPretrained/MSRA/R-101.pkl",
+    (101, 32, 8): "detectron2://ImageNetPretrained/FAIR/X-101-32x8d.pkl",
 }
+# What mask_rcnn_X_101_32x8d_FPN_3x.yaml sets for FAIR's X-101-32x8d.pkl (a Caffe2 model at FB)
+FAIR_X101_KEYS = {"MODEL.PIXEL_STD": [57.375, 57.120, 58.395], "MODEL.RESNETS.STRIDE_IN_1X1": False}
 # Base-RCNN-FPN.yaml's structural keys that our config does not carry: what get_cfg() needs on
 # top of our keys to be the 3x model when detectron2.model_zoo cannot be imported.
 BASE_RCNN_FPN = {
@@ -92,14 +95,20 @@ def available() -> tuple[bool, str]:
 
 def prepare_config(cfg: Config) -> Config:
     """The effective config (a copy): random init gets a trainable backbone, R18/R34 the stage
-    width detectron2 requires; weights and input format are checked."""
+    width detectron2 requires, FAIR's ImageNet X101-32x8d its pixel std and stride (unless set);
+    weights and input format are checked."""
     cfg = cfg.copy()
     base.trainable_norm_for_random_init(cfg)
     if cfg["MODEL.RESNETS.DEPTH"] in (18, 34) and cfg["MODEL.RESNETS.RES2_OUT_CHANNELS"] != 64:
         cfg["MODEL.RESNETS.RES2_OUT_CHANNELS"] = 64  # detectron2 asserts it for basic-block ResNets
     if cfg["INPUT.FORMAT"] not in ("BGR", "RGB"):
         raise ConfigError(f"INPUT.FORMAT {cfg['INPUT.FORMAT']!r}: the detectron2 engine reads BGR or RGB images")
-    _weights(cfg)
+    if _weights(cfg) == IMAGENET_WEIGHTS[(101, 32, 8)]:
+        for key, value in FAIR_X101_KEYS.items():
+            if key not in cfg.explicit and cfg[key] != value:
+                cfg[key] = value
+                base.warn_once(f"MODEL.WEIGHTS imagenet for X101-32x8d is FAIR's X-101-32x8d.pkl: {key} {value} "
+                               "(as detectron2's mask_rcnn_X_101_32x8d_FPN_3x.yaml sets it)")
     return cfg
 
 
@@ -250,13 +259,14 @@ def _weights(cfg: Config) -> str:
     """MODEL.WEIGHTS as detectron2 reads it: "imagenet" -> the MSRA ImageNet backbone of that depth."""
     weights = cfg["MODEL.WEIGHTS"]
     if weights == IMAGENET:
-        depth = cfg["MODEL.RESNETS.DEPTH"]
-        if depth not in IMAGENET_WEIGHTS:
+        shape = tuple(cfg[f"MODEL.RESNETS.{k}"] for k in ("DEPTH", "NUM_GROUPS", "WIDTH_PER_GROUP"))
+        if shape not in IMAGENET_WEIGHTS:
             raise EngineError(
-                f"MODEL.WEIGHTS imagenet: detectron2 has ImageNet weights for ResNet-50 and ResNet-101, not "
-                f"ResNet-{depth}; set MODEL.WEIGHTS to a weights file, or '' for random init"
+                f"MODEL.WEIGHTS imagenet: detectron2 has ImageNet weights for R50, R101 and X101-32x8d "
+                f"(DEPTH/NUM_GROUPS/WIDTH_PER_GROUP 50/1/64, 101/1/64, 101/32/8), not {'/'.join(map(str, shape))}; "
+                f"set MODEL.WEIGHTS to a weights file, or '' for random init"
             )
-        return IMAGENET_WEIGHTS[depth]
+        return IMAGENET_WEIGHTS[shape]
     if weights == "" or "://" in weights:
         return weights
     path = Path(weights).expanduser()

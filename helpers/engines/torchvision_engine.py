@@ -2,8 +2,11 @@
 
 Config keys keep detectron2's meaning (see :mod:`helpers.config`); the mapping is:
 
-- backbone: torchvision's ResNet of ``MODEL.RESNETS.DEPTH`` with ``RESNETS.NORM`` (FrozenBN, BN,
-  GN = GroupNorm(32), SyncBN = BN converted under DDP); the stem and the first
+- backbone: torchvision's ResNet of ``MODEL.RESNETS.DEPTH`` with ``NUM_GROUPS`` groups of
+  ``WIDTH_PER_GROUP`` channels in its bottlenecks (R50, R101, X101-32x8d = 101/32/8 is torchvision's
+  resnext101_32x8d; the stride sits in the 3x3 conv, as detectron2's ``STRIDE_IN_1X1 False``) and
+  ``RESNETS.NORM`` (FrozenBN, BN, GN = GroupNorm(32), SyncBN = BN converted under DDP);
+  ``MODEL.WEIGHTS imagenet`` loads torchvision's own ImageNet weights of that shape; the stem and the first
   ``BACKBONE.FREEZE_AT - 1`` stages are frozen (their norms become FrozenBN), as in detectron2;
   an FPN of ``FPN.OUT_CHANNELS`` on res2..res5 plus a max-pooled p6 for the RPN.
 - RPN, ROI heads, box head (``NUM_CONV`` convs of ``CONV_DIM``, then ``NUM_FC`` FC layers of
@@ -13,8 +16,18 @@ Config keys keep detectron2's meaning (see :mod:`helpers.config`); the mapping i
 - input: RGB floats in 0..1 normalised with torchvision's ImageNet mean/std; one of
   ``MIN_SIZE_TRAIN`` per training image, ``MIN_SIZE_TEST`` in eval mode.
 
+- ``SOLVER.AMP.ENABLED``: training steps and prediction under ``torch.autocast``, float16 with a
+  GradScaler on CUDA, bfloat16 on the CPU (no scaler needed); the RPN, box and mask predictors hand
+  float32 to box decoding, NMS, mask pasting and the losses.
+
+- loading: ``DATALOADER.NUM_WORKERS`` worker processes (0: in the training process); host memory
+  is pinned when the device is CUDA (detectron2 has no key for it, so neither do we);
+  ``CUDNN_BENCHMARK`` turns on cuDNN's algorithm search on CUDA (fastest, not bit-reproducible).
+
 Training is iteration-based like detectron2's: every batch, flip and random draw depends only on
-(SEED, iteration), so a run killed at any moment resumes to bit-identical weights (on CPU).
+(SEED, iteration), so a run killed at any moment resumes to bit-identical weights (on CPU), with any
+number of loader workers: a sample is drawn from (SEED, iteration, index) alone, never from a
+worker's own random state.
 """
 
 from __future__ import annotations
@@ -41,6 +54,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -61,7 +75,31 @@ POOLER_SAMPLING_RATIO = 0  # detectron2's default: adaptive RoIAlign sampling
 DOWNLOAD_TIMEOUT_S = 60  # a stalled ImageNet download fails instead of hanging
 MASK_THRESHOLD = 0.5
 GN_GROUPS = 32  # detectron2's GroupNorm
+# SOLVER.AMP.ENABLED: autocast dtype per device type. float16 on CUDA, with a GradScaler against gradient
+# underflow; bfloat16 on the CPU (float32's exponent range: no scaler). Other devices run in full precision.
+AMP_DTYPES = {"cuda": torch.float16, "cpu": torch.bfloat16}
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, FrozenBatchNorm2d)
+# torchvision's block and blocks per stage (res2..res5) for each MODEL.RESNETS.DEPTH, as detectron2 builds them
+RESNET_STAGES = {
+    18: (BasicBlock, [2, 2, 2, 2]),
+    34: (BasicBlock, [3, 4, 6, 3]),
+    50: (Bottleneck, [3, 4, 6, 3]),
+    101: (Bottleneck, [3, 4, 23, 3]),
+    152: (Bottleneck, [3, 8, 36, 3]),
+}
+# torchvision's ImageNet weights (IMAGENET1K_V1) by (DEPTH, NUM_GROUPS, WIDTH_PER_GROUP)
+IMAGENET_WEIGHTS = {
+    (18, 1, 64): "ResNet18_Weights",
+    (34, 1, 64): "ResNet34_Weights",
+    (50, 1, 64): "ResNet50_Weights",
+    (101, 1, 64): "ResNet101_Weights",
+    (152, 1, 64): "ResNet152_Weights",
+    (50, 32, 4): "ResNeXt50_32X4D_Weights",
+    (101, 32, 8): "ResNeXt101_32X8D_Weights",
+    (101, 64, 4): "ResNeXt101_64X4D_Weights",
+    (50, 1, 128): "Wide_ResNet50_2_Weights",
+    (101, 1, 128): "Wide_ResNet101_2_Weights",
+}
 
 
 
@@ -79,6 +117,9 @@ def prepare_config(cfg: Config) -> Config:
     cfg = cfg.copy()
     base.trainable_norm_for_random_init(cfg)
     _anchor_levels(cfg)
+    _check_resnet(cfg)
+    if cfg["MODEL.WEIGHTS"] == IMAGENET:
+        _imagenet_weights(cfg)
     for key in ("SOLVER.CHECKPOINT_PERIOD", "SOLVER.IMS_PER_BATCH", "SOLVER.MAX_ITER"):
         if cfg[key] < 1:
             raise ConfigError(f"{key} must be at least 1, got {cfg[key]}")
@@ -93,6 +134,7 @@ def train(cfg: Config, splits: data.SplitPaths, run_dir: Path, resume: bool = Fa
     Under ``torchrun`` (WORLD_SIZE > 1) every process calls this; rank 0 alone writes files.
     """
     ctx = _setup_distributed(cfg)
+    _cudnn_benchmark(cfg, ctx.device)
     try:
         final = _Trainer(cfg, splits, Path(run_dir), ctx).run(resume, progress)
         if ctx.world > 1:
@@ -181,7 +223,7 @@ def build_model(cfg: Config, num_classes: int, load_weights: bool = True) -> Mas
         _backbone(cfg, imagenet=weights == IMAGENET),
         num_classes=None,
         rpn_anchor_generator=AnchorGenerator(sizes, ratios),
-        rpn_head=RPNHead(channels, len(sizes[0]) * len(ratios[0])),
+        rpn_head=_RPNHead(channels, len(sizes[0]) * len(ratios[0])),
         rpn_pre_nms_top_n_train=cfg["MODEL.RPN.PRE_NMS_TOPK_TRAIN"],
         rpn_pre_nms_top_n_test=cfg["MODEL.RPN.PRE_NMS_TOPK_TEST"],
         rpn_post_nms_top_n_train=cfg["MODEL.RPN.POST_NMS_TOPK_TRAIN"],
@@ -215,6 +257,17 @@ def build_model(cfg: Config, num_classes: int, load_weights: bool = True) -> Mas
     return model
 
 
+class _RPNHead(RPNHead):
+    """torchvision's RPN head with float32 outputs. Under autocast its convs run in bfloat16/float16,
+    and torchvision decodes boxes in the dtype of the deltas: proposals and detections would be
+    rounded to a few pixels (bfloat16 keeps 8 significant bits: steps of 2 px at 256..512). In float32
+    they are decoded, matched and NMS-ed as without AMP; the box and mask predictors do the same."""
+
+    def forward(self, x: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        logits, deltas = super().forward(x)
+        return [t.float() for t in logits], [t.float() for t in deltas]
+
+
 class _BoxPredictor(FastRCNNPredictor):
     """Class scores and box deltas; with ``agnostic`` (CLS_AGNOSTIC_BBOX_REG) one set of deltas
     that every class shares, repeated per class for torchvision's class-indexed loss and decoding."""
@@ -227,7 +280,7 @@ class _BoxPredictor(FastRCNNPredictor):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scores, deltas = super().forward(x)
-        return scores, deltas.repeat(1, self.repeats)
+        return scores.float(), deltas.float().repeat(1, self.repeats)  # float32 under autocast: see _RPNHead
 
 
 class _MaskPredictor(MaskRCNNPredictor):
@@ -239,7 +292,7 @@ class _MaskPredictor(MaskRCNNPredictor):
         self.num_outputs = num_outputs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = super().forward(x)
+        logits = super().forward(x).float()  # float32 under autocast: the pasted masks and the loss
         return logits.expand(-1, self.num_outputs, -1, -1)
 
 
@@ -304,14 +357,45 @@ def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(GN_GROUPS, channels)
 
 
+def _resnet_name(cfg: Config) -> str:
+    """The backbone's usual name: ResNet-50, ResNeXt-101 32x8d, ResNet-50 (width 128 per group)."""
+    depth, groups, width = (cfg[f"MODEL.RESNETS.{k}"] for k in ("DEPTH", "NUM_GROUPS", "WIDTH_PER_GROUP"))
+    if groups > 1:
+        return f"ResNeXt-{depth} {groups}x{width}d"
+    return f"ResNet-{depth}" + ("" if width == 64 else f" (width {width} per group)")
+
+
+def _check_resnet(cfg: Config) -> None:
+    """What torchvision's ResNet can build: basic blocks (R18/R34) have one group of width 64."""
+    depth, width = cfg["MODEL.RESNETS.DEPTH"], cfg["MODEL.RESNETS.WIDTH_PER_GROUP"]
+    if depth in (18, 34) and width != 64:
+        raise ConfigError(f"MODEL.RESNETS.WIDTH_PER_GROUP = {width}: the torchvision engine builds ResNet-{depth} "
+                          f"(basic blocks) only with 64; a width needs MODEL.RESNETS.DEPTH >= 50")
+
+
+def _imagenet_weights(cfg: Config) -> torchvision.models.WeightsEnum:
+    """torchvision's ImageNet weights for this DEPTH / NUM_GROUPS / WIDTH_PER_GROUP; ConfigError if it has none."""
+    shape = tuple(cfg[f"MODEL.RESNETS.{k}"] for k in ("DEPTH", "NUM_GROUPS", "WIDTH_PER_GROUP"))
+    if shape not in IMAGENET_WEIGHTS:
+        known = ", ".join(f"{d}/{g}/{w}" for d, g, w in IMAGENET_WEIGHTS)
+        raise ConfigError(f"MODEL.WEIGHTS imagenet: torchvision has no ImageNet weights for {_resnet_name(cfg)} "
+                          f"(DEPTH/NUM_GROUPS/WIDTH_PER_GROUP {'/'.join(map(str, shape))}; it has {known}); "
+                          f"set MODEL.WEIGHTS to a weights file, or MODEL.WEIGHTS '' for random init")
+    return getattr(torchvision.models, IMAGENET_WEIGHTS[shape]).IMAGENET1K_V1
+
+
 def _backbone(cfg: Config, imagenet: bool) -> BackboneWithFPN:
-    """ResNet-FPN: the ResNet of RESNETS.DEPTH, optionally ImageNet weights, frozen stem and stages."""
-    depth = cfg["MODEL.RESNETS.DEPTH"]
-    resnet = getattr(torchvision.models, f"resnet{depth}")(weights=None, norm_layer=_norm_layer(cfg["MODEL.RESNETS.NORM"]))
+    """ResNet-FPN: torchvision's ResNet of RESNETS.DEPTH with NUM_GROUPS groups of WIDTH_PER_GROUP
+    channels in each bottleneck, optionally ImageNet weights, frozen stem and stages."""
+    _check_resnet(cfg)
+    block, layers = RESNET_STAGES[cfg["MODEL.RESNETS.DEPTH"]]
+    resnet = ResNet(block, layers, groups=cfg["MODEL.RESNETS.NUM_GROUPS"], width_per_group=cfg["MODEL.RESNETS.WIDTH_PER_GROUP"],
+                    norm_layer=_norm_layer(cfg["MODEL.RESNETS.NORM"]))
     if imagenet:
-        missing, unexpected = resnet.load_state_dict(_imagenet_state(depth), strict=False)
+        missing, unexpected = resnet.load_state_dict(_imagenet_state(_imagenet_weights(cfg), _resnet_name(cfg)),
+                                                     strict=False)
         if missing or unexpected:  # GN has no running statistics to take
-            log.info("ImageNet ResNet-%d: %d tensors missing, %d unused", depth, len(missing), len(unexpected))
+            log.info("ImageNet %s: %d tensors missing, %d unused", _resnet_name(cfg), len(missing), len(unexpected))
     _freeze_stages(resnet, cfg["MODEL.BACKBONE.FREEZE_AT"])
     c2 = resnet.inplanes // 8  # res2's output channels: 64 (ResNet-18/34) or 256 (ResNet-50+)
     return BackboneWithFPN(
@@ -356,16 +440,15 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(old)
 
 
-def _imagenet_state(depth: int) -> dict:
-    """torchvision's ImageNet ResNet weights, from its cache or downloaded; EngineError if neither works."""
-    weights = getattr(torchvision.models, f"ResNet{depth}_Weights").IMAGENET1K_V1
+def _imagenet_state(weights: torchvision.models.WeightsEnum, name: str) -> dict:
+    """torchvision's ImageNet backbone weights, from its cache or downloaded; EngineError if neither works."""
     try:
         with _socket_timeout(DOWNLOAD_TIMEOUT_S):
             return weights.get_state_dict(progress=True, check_hash=True)
     except (OSError, RuntimeError, ValueError) as e:
         cache = Path(torch.hub.get_dir()) / "checkpoints"
         raise EngineError(
-            f"cannot get torchvision's ImageNet ResNet-{depth} weights ({type(e).__name__}: {e}); "
+            f"cannot get torchvision's ImageNet {name} weights ({type(e).__name__}: {e}); "
             f"put {Path(weights.url).name} (from {weights.url}) into {cache}, "
             f"or set MODEL.WEIGHTS to a local checkpoint path, or MODEL.WEIGHTS '' for random init"
         ) from None
@@ -460,6 +543,13 @@ def _setup_distributed(cfg: Config) -> _Dist:
     return _Dist(device, dist.get_rank(), dist.get_world_size(), owns)
 
 
+def _cudnn_benchmark(cfg: Config, device: torch.device) -> None:
+    """CUDNN_BENCHMARK on CUDA: cuDNN times its convolution algorithms per input shape and keeps the
+    fastest (multi-scale training meets a handful of shapes); the CPU has no cuDNN."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = bool(cfg["CUDNN_BENCHMARK"])
+
+
 def _to_device(model: nn.Module, device: torch.device) -> nn.Module:
     """The model on its device, conv weights channels-last (NHWC): faster convolutions with cuDNN
     and oneDNN alike (about 15% per training iteration of configs/demo.yaml on a 2-core CPU)."""
@@ -474,21 +564,32 @@ def _image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).to(device, non_blocking=True).float().div_(255)
 
 
-def _amp(cfg: Config, device: torch.device) -> bool:
-    return bool(cfg["SOLVER.AMP.ENABLED"]) and device.type == "cuda"
+def _amp_dtype(cfg: Config, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype SOLVER.AMP.ENABLED gives on ``device`` (AMP_DTYPES), or None: full precision."""
+    if not cfg["SOLVER.AMP.ENABLED"]:
+        return None
+    dtype = AMP_DTYPES.get(device.type)
+    if dtype is None:
+        base.warn_once(f"SOLVER.AMP.ENABLED: no mixed precision on {device.type}; running in full precision")
+    return dtype
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Mixed precision in ``dtype`` on ``device`` (None: a no-op)."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def _predictor(model: nn.Module, cfg: Config, categories: list[dict], device: torch.device) -> base.Predictor:
     """A Predictor around ``model``, which the caller keeps in eval mode while using it."""
     category_ids = np.array([c["id"] for c in sorted(categories, key=lambda c: c["id"])], dtype=np.int64)
-    amp = _amp(cfg, device)
+    amp = _amp_dtype(cfg, device)
     tta = {"min_sizes": cfg["TEST.AUG.MIN_SIZES"], "max_size": cfg["TEST.AUG.MAX_SIZE"], "flip": cfg["TEST.AUG.FLIP"],
            "nms_thresh": cfg["MODEL.ROI_HEADS.NMS_THRESH_TEST"],
            "detections_per_image": cfg["TEST.DETECTIONS_PER_IMAGE"]} if cfg["TEST.AUG.ENABLED"] else None
 
     def predict(images: list[np.ndarray]) -> list[Instances]:
         tensors = [_image_tensor(image, device) for image in images]
-        with torch.inference_mode(), torch.autocast(device.type, enabled=amp):
+        with torch.inference_mode(), _autocast(device, amp):
             outputs = [torchvision_tta.predict_one(model, t, **tta) for t in tensors] if tta else model(tensors)
         return [_instances(out, image.shape[:2], category_ids) for out, image in zip(outputs, images)]
 
@@ -607,28 +708,33 @@ class _Trainer:
         self.seed = base.effective_seed(cfg)
         self.split = data.load_split(splits.train, check_images=False)
         self.max_iter = cfg["SOLVER.MAX_ITER"]
-        self.amp = _amp(cfg, ctx.device)
+        self.amp = _amp_dtype(cfg, ctx.device)
 
     def run(self, resume: bool, progress: bool) -> dict:
         """Train from scratch or from the last checkpoint up to MAX_ITER; the final val metrics."""
         checkpoint = runs.resume_checkpoint(self.run_dir) if resume else None  # verified: falls back past damage
+        start = self._setup(checkpoint)
+        if start < self.max_iter:
+            self._loop(start, progress)
+        if self.ctx.is_main and start < self.max_iter:
+            runs.save_checkpoint(self.run_dir, runs.FINAL, self._state(self.max_iter - 1))
+        return self._final_metrics()
+
+    def _setup(self, checkpoint: Path | None) -> int:
+        """Model, optimizer and grad scaler, from ``checkpoint`` when given; the iteration to start at."""
         torch.manual_seed(self.seed)
         self.model = build_model(self.cfg, len(self.split.categories), load_weights=checkpoint is None)
         if self.cfg["MODEL.RESNETS.NORM"] == "SyncBN" and self.ctx.world > 1:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model = _to_device(self.model, self.ctx.device)
         self.optimizer = _optimizer(self.cfg, self.model)
-        self.scaler = torch.amp.GradScaler(self.ctx.device.type, enabled=self.amp)
+        self.scaler = torch.amp.GradScaler(self.ctx.device.type, enabled=self.amp == torch.float16)
         start = self._restore(checkpoint) if checkpoint else 0
         self.net = self.model
         if self.ctx.world > 1:
             ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        if start < self.max_iter:
-            self._loop(start, progress)
-        if self.ctx.is_main and start < self.max_iter:
-            runs.save_checkpoint(self.run_dir, runs.FINAL, self._state(self.max_iter - 1))
-        return self._final_metrics()
+        return start
 
     def _restore(self, checkpoint: Path) -> int:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -688,7 +794,7 @@ class _Trainer:
         torch.manual_seed(base.iteration_seed(self.seed, it, base.TORCH_STREAM, self.ctx.rank))
         images = [img.to(device, non_blocking=True).float().div_(255) for img in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
-        with torch.autocast(device.type, enabled=self.amp):
+        with _autocast(device, self.amp):
             losses = self.net(images, targets)
         total = sum(losses.values())
         values = self._reduce(losses)

@@ -37,8 +37,7 @@ def inspect(cfg: Config, checkpoint: Path, categories: list[dict], image: np.nda
     model = tve.build_model(cfg, len(categories), load_weights=False)
     tve._load_weights(model, Path(checkpoint), strict=True)
     model = tve._to_device(model, device).eval()
-    amp = tve._amp(cfg, device)
-    with torch.inference_mode(), torch.autocast(device.type, enabled=amp):
+    with torch.inference_mode(), tve._autocast(device, tve._amp_dtype(cfg, device)):
         out = _run(model, tve._image_tensor(image, device), num_rois)
     record = _record(cfg, model, out, image, gt_boxes, gt_ids, gt_index, category_ids, num_channels)
     record["class_names"] = {int(c["id"]): c["name"] for c in sorted_cats}
