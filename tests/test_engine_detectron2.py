@@ -310,3 +310,10 @@ def test_channel_order_check_swaps_to_rgb_for_a_bgr_model(reference_run, tmp_pat
     assert order["trained_with"] == "BGR" and order["engine"] == "detectron2"
     assert [(r["fed"], r["as_trained"]) for r in order["rows"]] == [("BGR", True), ("RGB", False)]
     assert all(0.0 <= r["segm/AP50"] <= 1.0 for r in order["rows"])
+
+
+@needs_detectron2
+def test_training_steps_replay_the_runs_iterations(reference_run):
+    from engine_checks import assert_training_steps_replay
+
+    assert_training_steps_replay(d2e, reference_run)
