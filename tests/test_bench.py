@@ -109,3 +109,50 @@ def test_bad_peak_sizes_and_images_are_usage_errors(project_root):
         with pytest.raises(SystemExit) as exc:
             bench.parse_args(argv)
         assert exc.value.code == 2
+
+
+def test_gpu_check_smoke_runs_on_the_cpu_end_to_end(project_root, demo_root, tmp_path, capsys):
+    """bench/gpu_check.py --device cpu --smoke: the torchvision engine in fp32; AMP is CUDA-only in the
+    engines today, so on the CPU it is recorded as skipped, not run."""
+    out = tmp_path / "check" / "gpu_check.json"  # a missing folder is created
+    # in this process (the CLI wrapper is the next test's); each phase still runs in a child process
+    _bench_module(project_root, "gpu_check").main(["--device", "cpu", "--smoke", "--engines", "torchvision",
+                                                   "--data", str(demo_root), "--out", str(out)])
+    stdout = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert (result["config"], result["smoke"], result["device"]) == ("configs/homework.yaml", True, "cpu")
+    fp32, amp = result["rows"]
+    assert (fp32["engine"], fp32["precision"], fp32["status"]) == ("torchvision", "fp32", "ok")
+    assert fp32["channels_last"].startswith("yes")
+    for phase in ("train", "predict"):
+        assert fp32[f"{phase}_peak_mb"] > 50 and 0 < fp32[f"{phase}_fraction_of_peak"] < FRACTION_BOUND
+    assert 0 < fp32["train_s_per_iter"] < 60 and 0 < fp32["predict_s_per_image"] < 60
+    assert amp["precision"] == "amp" and amp["status"].startswith("skipped: CUDA only") and "train_s_per_iter" not in amp
+    assert list(result["peaks"]) == ["fp32"] and result["peaks"]["fp32"]["flop_per_s"] > 0
+    table = [line for line in stdout.splitlines() if line.startswith("|")]
+    assert table[0].startswith("| engine | precision | channels-last | train s/iter") and len(table) == 4
+    assert table[2].startswith("| torchvision | fp32 | yes | ") and table[2].endswith("| ok |")
+
+
+def test_gpu_check_refuses_a_missing_gpu_data_root_or_engine_before_any_work(project_root, tmp_path):
+    from helpers.errors import HelpersError
+
+    check = _bench_module(project_root, "gpu_check")
+    cases = [(["--device", "cpu", "--data", str(tmp_path)], "no pascal_train.json"),
+             (["--device", "cpu", "--engines", "mmdet"], "--engines mmdet: unknown"),
+             (["--device", "cpu", "--out", str(tmp_path)], "is a folder")]
+    if not torch.cuda.is_available():
+        cases.append(([], "CUDA is not available"))  # --device cuda, the default
+    for argv, message in cases:
+        with pytest.raises(HelpersError, match=message):
+            check.check_inputs(check.parse_args(argv))
+    with pytest.raises(SystemExit) as exc:
+        check.parse_args(["--smoke", "--iters", "3"])
+    assert exc.value.code == 2
+
+
+def test_gpu_check_says_a_users_mistake_in_one_error_line(project_root, tmp_path):
+    done = subprocess.run([sys.executable, "bench/gpu_check.py", "--device", "cpu", "--data", str(tmp_path)],
+                          cwd=project_root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("error: --data ") and done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1
