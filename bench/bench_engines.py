@@ -145,10 +145,15 @@ def format_compute_table(results: dict[str, dict], peak: dict) -> str:
 
 def measure_peak(args: argparse.Namespace) -> dict:
     """The dense matmul peak of the device the config trains on, in the dtype it computes in."""
+    import torch
+
     from helpers.config import load_config
+    from helpers.errors import EngineError
 
     cfg = load_config(args.config, args.overrides)
     device = cfg["MODEL.DEVICE"]
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineError("MODEL.DEVICE is cuda but CUDA is not available here: pass MODEL.DEVICE cpu to run on the CPU")
     amp = bool(cfg["SOLVER.AMP.ENABLED"]) and device.startswith("cuda")  # both engines use AMP on CUDA only
     return matmul_peak(device, peak_dtype(device, amp), tuple(args.peak_sizes))
 

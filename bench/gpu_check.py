@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     peaks = {"fp32": matmul_peak(args.device, peak_dtype(args.device, amp=False), sizes)}
     if device_type in AMP_DEVICES:
         peaks["amp"] = matmul_peak(args.device, peak_dtype(args.device, amp=True), sizes)
+    if device_type == "cuda":
+        torch.cuda.empty_cache()  # the children measure their own memory; leave them the whole GPU
     rows = []
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         root = Path(args.data).resolve() if args.data else make_demo_data(Path(tmp) / "demo", **(SMOKE_DEMO if args.smoke else {}))

@@ -156,3 +156,12 @@ def test_gpu_check_says_a_users_mistake_in_one_error_line(project_root, tmp_path
                           cwd=project_root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.startswith("error: --data ") and done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_bench_on_a_cuda_config_without_cuda_is_one_error_before_any_work(project_root):
+    from helpers.errors import EngineError
+
+    bench = _bench_module(project_root)
+    with pytest.raises(EngineError, match="MODEL.DEVICE is cuda but CUDA is not available"):
+        bench.measure_peak(bench.parse_args(["--config", str(project_root / "configs" / "homework.yaml")]))
