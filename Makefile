@@ -12,7 +12,7 @@ RUN     ?= runs/demo
 
 RUN_ARGS = --profile $(PROFILE) $(if $(DATA),--data $(DATA)) $(if $(ENGINE),-p engine $(ENGINE))
 
-.PHONY: help venv demo test test-browser run report bench check-notebooks gpu-ci clean
+.PHONY: help venv demo test test-browser run report bench gpu-check check-notebooks gpu-ci clean
 
 help:
 	@echo "make demo      the whole course on the embedded demo data set, on CPU (about 10 minutes)"
@@ -20,7 +20,8 @@ help:
 	@echo "make test-browser  only the browser test: the notebooks in JupyterLab in headless Chromium"
 	@echo "make run PROFILE=homework DATA=/path/to/tinyvoc   the real run (GPU)"
 	@echo "make report    rebuild report/ from the recorded runs"
-	@echo "make bench     engine benchmark (train s/iter, inference s/img, peak memory)"
+	@echo "make bench     engine benchmark (train s/iter, inference s/img, peak memory, fraction of peak FLOP/s)"
+	@echo "make gpu-check [DATA=/path/to/tinyvoc]   both engines, fp32 vs AMP, on one GPU (under 10 minutes)"
 
 $(STAMP): pyproject.toml
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +55,11 @@ test-browser: $(STAMP)
 
 bench: $(STAMP)
 	$(VPY) bench/bench_engines.py
+
+# One GPU, under 10 minutes: both engines (detectron2 where it imports), fp32 vs AMP, homework config,
+# random init. Writes runs/gpu-check/gpu_check.json and prints a Markdown table.
+gpu-check: $(STAMP)
+	$(VPY) bench/gpu_check.py $(if $(DATA),--data $(DATA))
 
 clean:
 	rm -rf runs/demo data/demo

@@ -6,6 +6,12 @@ and peak memory (CUDA: torch.cuda.max_memory_allocated; CPU: the process's peak 
 Training and inference each run in a fresh child process, so every peak belongs to one phase
 of one engine.
 
+And the fraction of the machine's peak (bench/flops.py): FLOPs of a training iteration (forward,
+backward; the mean of the first FLOP_ITERS timed iterations, replayed with the engine's
+``training_steps`` after the timing and the memory readout) and of a prediction (the mean over the
+timed images, counted after timing them), each over its measured seconds, against the best dense
+matmul FLOP/s of this device measured in the same run.
+
     python bench/bench_engines.py                       # configs/demo.yaml on a generated demo set
     python bench/bench_engines.py --config configs/homework.yaml --data /path/to/tinyvoc --iters 50
     python bench/bench_engines.py --out bench.json MODEL.DEVICE cpu
@@ -26,7 +32,10 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from bench.flops import PEAK_SIZES, count_flops, matmul_peak, peak_dtype  # noqa: E402
+
 WARMUP_ITERS = 3  # iterations left out of the training median (allocator, caches, cudnn)
+FLOP_ITERS = 3  # timed iterations whose FLOPs are counted (fewer when fewer were timed)
 RESULT_PREFIX = "BENCH_RESULT "
 
 
@@ -43,13 +52,31 @@ def peak_memory_mb(device: str) -> float:
 def measure_train(engine: str, config: str, data: str, run_dir: Path, iters: int, overrides: list[str]) -> dict:
     """Train ``iters`` iterations (no periodic evaluation, one checkpoint) and time them."""
     from helpers import experiment, runs
+    from helpers.data import SplitPaths
 
     schedule = ["SOLVER.MAX_ITER", str(iters), "TEST.EVAL_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD", str(iters)]
     experiment.train(config, [*overrides, *schedule], engine=engine, data_root=data, run_dir=run_dir, progress=False)
-    cfg, _ = experiment.load_run(run_dir)
+    cfg, info = experiment.load_run(run_dir)
     # the same iterations for every engine; detectron2 leaves "time" out of its first rows
     times = [row["time"] for row in runs.read_metrics(run_dir) if "time" in row and row["iteration"] >= WARMUP_ITERS]
-    return {"train_s_per_iter": statistics.median(times), "train_peak_mb": peak_memory_mb(cfg["MODEL.DEVICE"])}
+    result = {"train_s_per_iter": statistics.median(times), "train_peak_mb": peak_memory_mb(cfg["MODEL.DEVICE"])}
+    flops = count_train_flops(engine, cfg, SplitPaths(Path(info["train_split"]), Path(info["val_split"])),
+                              min(FLOP_ITERS, iters - WARMUP_ITERS))
+    mean = statistics.fmean(flops)
+    return {**result, "train_flops_per_iter": mean, "train_flop_per_s": mean / result["train_s_per_iter"],
+            "train_flops_iterations": [WARMUP_ITERS, WARMUP_ITERS + len(flops) - 1]}
+
+
+def count_train_flops(engine: str, cfg, splits, count: int) -> list[int]:
+    """FLOPs of training iterations WARMUP_ITERS .. WARMUP_ITERS + count - 1, replayed from scratch
+    (the earlier ones run uncounted) with the engine's ``training_steps``: the run's batches, seeds
+    and weights (bit-identical on a CPU)."""
+    from helpers.engines import get_engine
+
+    step = get_engine(engine).training_steps(cfg, splits)
+    for _ in range(WARMUP_ITERS):
+        step()
+    return [count_flops(step)[1] for _ in range(count)]
 
 
 def measure_predict(run_dir: Path, images: Path, count: int) -> dict:
@@ -63,7 +90,9 @@ def measure_predict(run_dir: Path, images: Path, count: int) -> dict:
     for array in arrays[1:]:
         predictor([array])
     seconds = (time.perf_counter() - start) / max(len(arrays) - 1, 1)
-    return {"predict_s_per_image": seconds, "predict_peak_mb": peak_memory_mb(predictor.device)}
+    result = {"predict_s_per_image": seconds, "predict_peak_mb": peak_memory_mb(predictor.device)}
+    flops = statistics.fmean(count_flops(lambda a=array: predictor([a]))[1] for array in arrays[1:] or arrays)
+    return {**result, "predict_flops_per_image": flops, "predict_flop_per_s": flops / seconds}
 
 
 def run_phase(args: argparse.Namespace, engine: str, phase: str, run_dir: Path) -> dict:
@@ -94,6 +123,41 @@ def format_table(results: dict[str, dict], skipped: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def add_fractions(row: dict, peak: float) -> dict:
+    """The row with each phase's achieved FLOP/s as a fraction of the measured peak."""
+    return {**row, **{f"{phase}_fraction_of_peak": row[f"{phase}_flop_per_s"] / peak for phase in ("train", "predict")}}
+
+
+def format_compute_table(results: dict[str, dict], peak: dict) -> str:
+    """FLOPs, achieved FLOP/s and fraction of the measured matmul peak per engine, as a text table
+    (3 significant digits: a small fraction stays a small number, never 0.00)."""
+    columns = [("train GFLOP/iter", "train_flops_per_iter", 1e-9), ("train GFLOP/s", "train_flop_per_s", 1e-9),
+               ("train of peak", "train_fraction_of_peak", 1), ("predict GFLOP/img", "predict_flops_per_image", 1e-9),
+               ("predict GFLOP/s", "predict_flop_per_s", 1e-9), ("predict of peak", "predict_fraction_of_peak", 1)]
+    width = 24
+    lines = [f"peak {peak['flop_per_s'] * 1e-9:.4g} GFLOP/s: best {peak['dtype']} matmul of {peak['sizes']}-square "
+             f"matrices on {peak['device']}, {peak['threads']} threads",
+             f"{'engine':<{width}}" + "".join(f"{title:>19}" for title, _, _ in columns)]
+    for engine, row in results.items():
+        lines.append(f"{engine:<{width}}" + "".join(f"{row[key] * scale:>19.3g}" for _, key, scale in columns))
+    return "\n".join(lines)
+
+
+def measure_peak(args: argparse.Namespace) -> dict:
+    """The dense matmul peak of the device the config trains on, in the dtype it computes in."""
+    import torch
+
+    from helpers.config import load_config
+    from helpers.errors import EngineError
+
+    cfg = load_config(args.config, args.overrides)
+    device = cfg["MODEL.DEVICE"]
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineError("MODEL.DEVICE is cuda but CUDA is not available here: pass MODEL.DEVICE cpu to run on the CPU")
+    amp = bool(cfg["SOLVER.AMP.ENABLED"]) and device.startswith("cuda")  # both engines use AMP on CUDA only
+    return matmul_peak(device, peak_dtype(device, amp), tuple(args.peak_sizes))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(PROJECT_ROOT / "configs" / "demo.yaml"))
@@ -101,6 +165,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=20, help=f"training iterations (the first {WARMUP_ITERS} are not timed)")
     p.add_argument("--images", type=int, default=10, help="images to predict (plus one warm-up)")
     p.add_argument("--out", default=None, help="also write the results as JSON here")
+    p.add_argument("--peak-sizes", type=int, nargs="+", default=list(PEAK_SIZES), metavar="N",
+                   help=f"square matmul sizes the peak FLOP/s is the best of (default {' '.join(map(str, PEAK_SIZES))})")
     p.add_argument("--phase", choices=["train", "predict"], help=argparse.SUPPRESS)
     p.add_argument("--engine", help=argparse.SUPPRESS)
     p.add_argument("--run-dir", help=argparse.SUPPRESS)
@@ -108,6 +174,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.iters <= WARMUP_ITERS:
         p.error(f"--iters must be above {WARMUP_ITERS}")
+    if args.images < 1:
+        p.error("--images must be at least 1")
+    if min(args.peak_sizes) < 1:
+        p.error("--peak-sizes must be positive")
     return args
 
 
@@ -129,24 +199,40 @@ def main(argv: list[str] | None = None) -> None:
         return child(args)
     from helpers.demo_data import make_demo_data
     from helpers.engines import available_engines
-    from helpers.io import write_json
+    from helpers.io import check_output_path, write_json
 
+    if args.out:
+        check_output_path(args.out, "--out")
     data_label = args.data or "a generated demo set"
+    peak = measure_peak(args)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         args.data = args.data or str(make_demo_data(Path(tmp) / "demo"))
         engines = available_engines()
         results = {}
         for engine in (name for name, (ok, _) in engines.items() if ok):
             run_dir = Path(tmp) / engine
-            results[engine] = {**run_phase(args, engine, "train", run_dir), **run_phase(args, engine, "predict", run_dir)}
+            row = {**run_phase(args, engine, "train", run_dir), **run_phase(args, engine, "predict", run_dir)}
+            results[engine] = add_fractions(row, peak["flop_per_s"])
     skipped = {name: reason for name, (ok, reason) in engines.items() if not ok}
     print(f"config {args.config}, data {data_label}, {args.iters} iterations, {args.images} images")
     print(format_table(results, skipped))
+    print(format_compute_table(results, peak))
     if args.out:
-        write_json(args.out, {"config": args.config, "iters": args.iters, "images": args.images,
+        write_json(args.out, {"config": args.config, "iters": args.iters, "images": args.images, "peak": peak,
                               "results": results, "not_available": skipped}, indent=2)
         print(f"wrote {args.out}")
 
 
+def cli(main_fn=None) -> None:
+    """Run ``main_fn`` (default: :func:`main`); a user's mistake (HelpersError) is one ``error:`` line, exit 2."""
+    from helpers.errors import HelpersError
+
+    try:
+        (main_fn or main)()
+    except HelpersError as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 if __name__ == "__main__":
-    main()
+    cli()

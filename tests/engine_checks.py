@@ -74,3 +74,18 @@ def weight_decay_groups_of(engine, project_root: Path, demo_root: Path) -> list[
     groups = concepts.optimizer_groups(engine.build_optimizer(cfg, categories))
     assert sorted({g["weight_decay"] for g in groups}) == [0.0, 1e-4, 0.01]
     return groups
+
+
+def assert_training_steps_replay(engine, run_dir: Path, count: int = 2) -> None:
+    """The engine's ``training_steps`` on a run's config and split gives the run's first ``count``
+    iterations' losses, exactly (a CPU run is deterministic): it measures the iterations the run ran."""
+    from helpers import data, experiment
+
+    cfg, info = experiment.load_run(run_dir)
+    step = engine.training_steps(cfg, data.SplitPaths(Path(info["train_split"]), Path(info["val_split"])))
+    rows = runs.read_metrics(run_dir)[:count]
+    assert [r["iteration"] for r in rows] == list(range(count))
+    for row in rows:
+        losses = step()
+        assert "total_loss" in losses and len(losses) > 2
+        assert losses == {k: row[k] for k in losses}, f"iteration {row['iteration']}"

@@ -8,13 +8,20 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from helpers.engines import available_engines
 from tiny_schedule import tiny_overrides
 
 
-def _bench_module(project_root):
-    spec = importlib.util.spec_from_file_location("bench_engines", project_root / "bench" / "bench_engines.py")
+# Achieved FLOP/s over the measured matmul peak: at most 1 but for noise on a shared machine (the
+# peak measured while something else ran) and convolution algorithms that do fewer multiply-adds
+# than counted (Winograd); a counting or timing mistake by a factor of 2 or more is still caught.
+FRACTION_BOUND = 1.5
+
+
+def _bench_module(project_root, name="bench_engines"):
+    spec = importlib.util.spec_from_file_location(name, project_root / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -24,17 +31,28 @@ def test_bench_runs_every_available_engine_and_writes_its_numbers(project_root, 
     out = tmp_path / "bench.json"
     overrides = tiny_overrides(**{"MODEL.DEVICE": "cpu"})
     done = subprocess.run([sys.executable, "bench/bench_engines.py", "--data", str(demo_root), "--iters", "5",
-                           "--images", "2", "--out", str(out), *overrides],
+                           "--images", "2", "--peak-sizes", "2048", "--out", str(out), *overrides],
                           cwd=project_root, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
     ran = {name for name, (ok, _) in available_engines().items() if ok}
     assert set(result["results"]) == ran and "torchvision" in ran
+    peak = result["peak"]
+    assert peak["flop_per_s"] > 1e8 and (peak["dtype"], peak["device"], peak["size"]) == ("float32", "cpu", 2048)
     for row in result["results"].values():
         assert 0 < row["train_s_per_iter"] < 60 and 0 < row["predict_s_per_image"] < 60
         assert row["train_peak_mb"] > 50 and row["predict_peak_mb"] > 50
+        assert row["train_flops_iterations"] == [3, 4]  # the timed iterations of 5, after 3 warm-up ones
+        # a tiny Mask R-CNN: above 0.1 GFLOP per iteration / image, training several times a prediction
+        assert row["train_flops_per_iter"] > 2 * row["predict_flops_per_image"] > 2e8
+        for phase, seconds in (("train", row["train_s_per_iter"]), ("predict", row["predict_s_per_image"])):
+            flops = row[f"{phase}_flops_per_iter" if phase == "train" else "predict_flops_per_image"]
+            assert row[f"{phase}_flop_per_s"] == pytest.approx(flops / seconds)
+            assert row[f"{phase}_fraction_of_peak"] == pytest.approx(row[f"{phase}_flop_per_s"] / peak["flop_per_s"])
+            assert 0 < row[f"{phase}_fraction_of_peak"] < FRACTION_BOUND
     assert set(result["not_available"]) == set(available_engines()) - ran
     assert "train s/iter" in done.stdout and "torchvision" in done.stdout
+    assert "train of peak" in done.stdout and "GFLOP/s: best float32 matmul" in done.stdout
 
 
 def test_table_gives_each_engine_its_ratio_to_the_first(project_root):
@@ -52,3 +70,98 @@ def test_too_few_iterations_is_a_usage_error(project_root):
     bench = _bench_module(project_root)
     with pytest.raises(SystemExit):
         bench.parse_args(["--iters", str(bench.WARMUP_ITERS)])
+
+
+def test_flop_counter_gives_the_known_counts_of_a_matmul_a_linear_and_a_conv(project_root):
+    flops = _bench_module(project_root, "flops")
+    m, k, n = 7, 11, 13
+    assert flops.count_flops(lambda: torch.randn(m, k) @ torch.randn(k, n))[1] == 2 * m * n * k
+    layer, x = torch.nn.Linear(k, n), torch.randn(m, k, requires_grad=True)
+    # forward 2mnk; backward: the input's gradient and the weight's, 2mnk each
+    assert flops.count_flops(lambda: layer(x).sum().backward())[1] == 3 * 2 * m * n * k
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    with torch.inference_mode():
+        out, counted = flops.count_flops(lambda: conv(torch.randn(2, 3, 16, 16)))
+    assert counted == 2 * out.numel() * 3 * 3 * 3  # a multiply-add per output, input channel and kernel tap
+
+
+def test_matmul_peak_is_the_best_rate_of_its_sizes(project_root):
+    flops = _bench_module(project_root, "flops")
+    peak = flops.matmul_peak("cpu", "float32", sizes=(64, 128))
+    assert peak["flop_per_s"] > 0 and peak["size"] in (64, 128) and peak["sizes"] == [64, 128]
+    assert (peak["dtype"], peak["device"], peak["threads"]) == ("float32", "cpu", torch.get_num_threads())
+    assert flops.peak_dtype("cpu", amp=False) == "float32" and flops.peak_dtype("cpu", amp=True) == "bfloat16"
+
+
+def test_compute_table_keeps_small_fractions_readable(project_root):
+    bench = _bench_module(project_root)
+    row = {"train_flops_per_iter": 5.6e9, "train_flop_per_s": 4.4e9, "train_fraction_of_peak": 0.000412,
+           "predict_flops_per_image": 9.9e8, "predict_flop_per_s": 6.1e8, "predict_fraction_of_peak": 0.0103}
+    peak = {"flop_per_s": 8.9e10, "dtype": "float32", "sizes": [2048], "device": "cpu", "threads": 2}
+    lines = bench.format_compute_table({"torchvision": row}, peak).splitlines()
+    assert lines[0].startswith("peak 89 GFLOP/s: best float32 matmul")
+    assert lines[2].split() == ["torchvision", "5.6", "4.4", "0.000412", "0.99", "0.61", "0.0103"]
+
+
+def test_bad_peak_sizes_and_images_are_usage_errors(project_root):
+    bench = _bench_module(project_root)
+    for argv in (["--peak-sizes", "0"], ["--images", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            bench.parse_args(argv)
+        assert exc.value.code == 2
+
+
+def test_gpu_check_smoke_runs_on_the_cpu_end_to_end(project_root, demo_root, tmp_path, capsys):
+    """bench/gpu_check.py --device cpu --smoke: the torchvision engine in fp32; AMP is CUDA-only in the
+    engines today, so on the CPU it is recorded as skipped, not run."""
+    out = tmp_path / "check" / "gpu_check.json"  # a missing folder is created
+    # in this process (the CLI wrapper is the next test's); each phase still runs in a child process
+    _bench_module(project_root, "gpu_check").main(["--device", "cpu", "--smoke", "--engines", "torchvision",
+                                                   "--data", str(demo_root), "--out", str(out)])
+    stdout = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert (result["config"], result["smoke"], result["device"]) == ("configs/homework.yaml", True, "cpu")
+    fp32, amp = result["rows"]
+    assert (fp32["engine"], fp32["precision"], fp32["status"]) == ("torchvision", "fp32", "ok")
+    assert fp32["channels_last"].startswith("yes")
+    for phase in ("train", "predict"):
+        assert fp32[f"{phase}_peak_mb"] > 50 and 0 < fp32[f"{phase}_fraction_of_peak"] < FRACTION_BOUND
+    assert 0 < fp32["train_s_per_iter"] < 60 and 0 < fp32["predict_s_per_image"] < 60
+    assert amp["precision"] == "amp" and amp["status"].startswith("skipped: CUDA only") and "train_s_per_iter" not in amp
+    assert list(result["peaks"]) == ["fp32"] and result["peaks"]["fp32"]["flop_per_s"] > 0
+    table = [line for line in stdout.splitlines() if line.startswith("|")]
+    assert table[0].startswith("| engine | precision | channels-last | train s/iter") and len(table) == 4
+    assert table[2].startswith("| torchvision | fp32 | yes | ") and table[2].endswith("| ok |")
+
+
+def test_gpu_check_refuses_a_missing_gpu_data_root_or_engine_before_any_work(project_root, tmp_path):
+    from helpers.errors import HelpersError
+
+    check = _bench_module(project_root, "gpu_check")
+    cases = [(["--device", "cpu", "--data", str(tmp_path)], "no pascal_train.json"),
+             (["--device", "cpu", "--engines", "mmdet"], "--engines mmdet: unknown"),
+             (["--device", "cpu", "--out", str(tmp_path)], "is a folder")]
+    if not torch.cuda.is_available():
+        cases.append(([], "CUDA is not available"))  # --device cuda, the default
+    for argv, message in cases:
+        with pytest.raises(HelpersError, match=message):
+            check.check_inputs(check.parse_args(argv))
+    with pytest.raises(SystemExit) as exc:
+        check.parse_args(["--smoke", "--iters", "3"])
+    assert exc.value.code == 2
+
+
+def test_gpu_check_says_a_users_mistake_in_one_error_line(project_root, tmp_path):
+    done = subprocess.run([sys.executable, "bench/gpu_check.py", "--device", "cpu", "--data", str(tmp_path)],
+                          cwd=project_root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("error: --data ") and done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_bench_on_a_cuda_config_without_cuda_is_one_error_before_any_work(project_root):
+    from helpers.errors import EngineError
+
+    bench = _bench_module(project_root)
+    with pytest.raises(EngineError, match="MODEL.DEVICE is cuda but CUDA is not available"):
+        bench.measure_peak(bench.parse_args(["--config", str(project_root / "configs" / "homework.yaml")]))

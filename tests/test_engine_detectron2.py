@@ -352,3 +352,10 @@ def test_tta_is_detectron2s_own_and_one_pass_equals_the_plain_prediction(referen
                                 {c["id"] for c in split.categories})
     report = inference_checks.measure_tta(reference_run, tmp_path)
     assert [r["tta"] for r in report["rows"]] == [False, True] and report["augmentations"] == 6
+
+
+@needs_detectron2
+def test_training_steps_replay_the_runs_iterations(reference_run):
+    from engine_checks import assert_training_steps_replay
+
+    assert_training_steps_replay(d2e, reference_run)

@@ -349,3 +349,9 @@ def test_build_optimizer_has_detectron2s_weight_decay_groups(project_root, demo_
     groups = weight_decay_groups_of(tve, project_root, demo_root)
     model = tve.build_model(tve.prepare_config(load_config(project_root / "configs" / "demo.yaml")), 5, load_weights=False)
     assert sum(g["values"] for g in groups) == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_training_steps_replay_the_runs_iterations(reference_run):
+    from engine_checks import assert_training_steps_replay
+
+    assert_training_steps_replay(tve, reference_run)

@@ -8,6 +8,7 @@ An engine is a module with these functions (see :mod:`helpers.engines.base` for 
     load_predictor(cfg, checkpoint, categories) -> base.Predictor
     architecture(cfg, categories, image) -> list[dict]                  # stages + tensor shapes of one forward pass
     build_optimizer(cfg, categories) -> torch optimizer                 # the real parameter groups (weight decay per group)
+    training_steps(cfg, splits) -> step()                               # k-th call: training iteration k-1, as train() runs it (measuring)
     inspect(cfg, checkpoint, categories, image, gt=None, **options) -> dict  # one image, every stage, plain data
 
 Engines are imported lazily, so a machine without detectron2 can still use torchvision.

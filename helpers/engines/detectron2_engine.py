@@ -185,6 +185,47 @@ def build_optimizer(cfg: Config, categories: list[dict]):
     return d2_build_optimizer(node, build_model(node))
 
 
+def training_steps(cfg: Config, splits: data.SplitPaths):
+    """For measuring training (the benchmark counts the FLOPs of its iterations): a function whose
+    k-th call runs training iteration k-1 as :func:`train` would from scratch (the same initial
+    weights, batch, seeds, learning rate, forward, backward and optimizer step) in this process,
+    writing nothing, and returns its losses as metrics.json records them. ``cfg`` is an effective
+    config (:func:`prepare_config`); one process only.
+
+    detectron2's own SimpleTrainer (AMPTrainer with SOLVER.AMP.ENABLED) and LR scheduler, as
+    DefaultTrainer builds them, without its hooks and writers."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.engine import AMPTrainer, SimpleTrainer
+    from detectron2.modeling import build_model
+    from detectron2.solver import build_lr_scheduler
+    from detectron2.solver import build_optimizer as d2_build_optimizer
+    from detectron2.utils.env import seed_all_rng
+    from detectron2.utils.events import EventStorage
+
+    node = detectron2_config(cfg, splits)
+    _fetch_weights(node.MODEL.WEIGHTS)
+    torch.backends.cudnn.benchmark = node.CUDNN_BENCHMARK
+    seed_all_rng(node.SEED)  # the initial weights, as train() seeds them
+    model = build_model(node)
+    DetectionCheckpointer(model).load(node.MODEL.WEIGHTS)  # what resume_or_load(resume=False) does
+    optimizer = d2_build_optimizer(node, model)
+    trainer = (AMPTrainer if node.SOLVER.AMP.ENABLED else SimpleTrainer)(model, train_loader(node, 0), optimizer)
+    scheduler = build_lr_scheduler(node, optimizer)
+    storage = EventStorage(0)  # run_step writes its losses to the current storage
+    trainer.iter = 0
+
+    def step() -> dict[str, float]:
+        torch.manual_seed(base.iteration_seed(node.SEED, trainer.iter, base.TORCH_STREAM, 0))  # _SeedIteration
+        with storage:
+            storage.iter = trainer.iter
+            trainer.run_step()
+        scheduler.step()  # detectron2's LRScheduler hook, after every step
+        trainer.iter += 1
+        return {k: float(v) for k, (v, _) in storage.latest().items() if k.startswith("loss") or k == "total_loss"}
+
+    return step
+
+
 def architecture(cfg: Config, categories: list[dict], image: np.ndarray) -> list[dict]:
     """Stages and tensor shapes of one eval-mode forward pass of a random-init model, in pipeline order.
 

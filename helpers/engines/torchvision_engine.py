@@ -163,6 +163,25 @@ def build_optimizer(cfg: Config, categories: list[dict]) -> torch.optim.Optimize
     return _optimizer(cfg, build_model(cfg, len(categories), load_weights=False))
 
 
+def training_steps(cfg: Config, splits: data.SplitPaths) -> Callable[[], dict[str, float]]:
+    """For measuring training (the benchmark counts the FLOPs of its iterations): a function whose
+    k-th call runs training iteration k-1 as :func:`train` would from scratch (the same initial
+    weights, batch, seeds, forward, backward and optimizer step) in this process, writing nothing,
+    and returns its losses as metrics.json records them. ``cfg`` is an effective config
+    (:func:`prepare_config`); at most SOLVER.MAX_ITER calls."""
+    trainer = _Trainer(cfg, splits, Path(os.devnull), _Dist(_device(cfg)))  # no run folder: nothing is saved
+    trainer.build()
+    trainer.model.train()
+    batches = iter(trainer._loader(0))
+
+    def step() -> dict[str, float]:
+        it, images, targets = next(batches)
+        row = trainer._step(it, images, targets)
+        return {k: v for k, v in row.items() if k.startswith("loss") or k == "total_loss"}
+
+    return step
+
+
 def architecture(cfg: Config, categories: list[dict], image: np.ndarray) -> list[dict]:
     """Stages and tensor shapes of one eval-mode forward pass of a random-init model, in pipeline order.
 
@@ -713,15 +732,16 @@ class _Trainer:
     def run(self, resume: bool, progress: bool) -> dict:
         """Train from scratch or from the last checkpoint up to MAX_ITER; the final val metrics."""
         checkpoint = runs.resume_checkpoint(self.run_dir) if resume else None  # verified: falls back past damage
-        start = self._setup(checkpoint)
+        start = self.build(checkpoint)
         if start < self.max_iter:
             self._loop(start, progress)
         if self.ctx.is_main and start < self.max_iter:
             runs.save_checkpoint(self.run_dir, runs.FINAL, self._state(self.max_iter - 1))
         return self._final_metrics()
 
-    def _setup(self, checkpoint: Path | None) -> int:
-        """Model, optimizer and grad scaler, from ``checkpoint`` when given; the iteration to start at."""
+    def build(self, checkpoint: Path | None = None) -> int:
+        """Model (seeded initial weights, or the checkpoint's), optimizer, scaler and the net the loop
+        runs (DDP under torchrun); the first iteration to run."""
         torch.manual_seed(self.seed)
         self.model = build_model(self.cfg, len(self.split.categories), load_weights=checkpoint is None)
         if self.cfg["MODEL.RESNETS.NORM"] == "SyncBN" and self.ctx.world > 1:
