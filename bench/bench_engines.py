@@ -154,7 +154,9 @@ def measure_peak(args: argparse.Namespace) -> dict:
     device = cfg["MODEL.DEVICE"]
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise EngineError("MODEL.DEVICE is cuda but CUDA is not available here: pass MODEL.DEVICE cpu to run on the CPU")
-    amp = bool(cfg["SOLVER.AMP.ENABLED"]) and device.startswith("cuda")  # both engines use AMP on CUDA only
+    # both engines autocast on CUDA; on the CPU only the torchvision engine does (bfloat16), so the CPU
+    # peak with AMP on stays the fp32 one that detectron2 runs in
+    amp = bool(cfg["SOLVER.AMP.ENABLED"]) and device.startswith("cuda")
     return matmul_peak(device, peak_dtype(device, amp), tuple(args.peak_sizes))
 
 

@@ -112,8 +112,8 @@ def test_bad_peak_sizes_and_images_are_usage_errors(project_root):
 
 
 def test_gpu_check_smoke_runs_on_the_cpu_end_to_end(project_root, demo_root, tmp_path, capsys):
-    """bench/gpu_check.py --device cpu --smoke: the torchvision engine in fp32; AMP is CUDA-only in the
-    engines today, so on the CPU it is recorded as skipped, not run."""
+    """bench/gpu_check.py --device cpu --smoke: the torchvision engine in fp32 and with AMP (bfloat16
+    autocast on the CPU), both run end to end."""
     out = tmp_path / "check" / "gpu_check.json"  # a missing folder is created
     # in this process (the CLI wrapper is the next test's); each phase still runs in a child process
     _bench_module(project_root, "gpu_check").main(["--device", "cpu", "--smoke", "--engines", "torchvision",
@@ -127,8 +127,10 @@ def test_gpu_check_smoke_runs_on_the_cpu_end_to_end(project_root, demo_root, tmp
     for phase in ("train", "predict"):
         assert fp32[f"{phase}_peak_mb"] > 50 and 0 < fp32[f"{phase}_fraction_of_peak"] < FRACTION_BOUND
     assert 0 < fp32["train_s_per_iter"] < 60 and 0 < fp32["predict_s_per_image"] < 60
-    assert amp["precision"] == "amp" and amp["status"].startswith("skipped: CUDA only") and "train_s_per_iter" not in amp
-    assert list(result["peaks"]) == ["fp32"] and result["peaks"]["fp32"]["flop_per_s"] > 0
+    assert (amp["engine"], amp["precision"], amp["status"]) == ("torchvision", "amp", "ok")
+    assert 0 < amp["train_s_per_iter"] < 60 and 0 < amp["predict_s_per_image"] < 60
+    assert list(result["peaks"]) == ["fp32", "amp"] and result["peaks"]["fp32"]["flop_per_s"] > 0
+    assert result["peaks"]["amp"]["dtype"] == "bfloat16"
     table = [line for line in stdout.splitlines() if line.startswith("|")]
     assert table[0].startswith("| engine | precision | channels-last | train s/iter") and len(table) == 4
     assert table[2].startswith("| torchvision | fp32 | yes | ") and table[2].endswith("| ok |")
