@@ -26,7 +26,7 @@ def _first_step(project_root, demo_root, run_dir, amp: bool) -> tuple[dict, dict
                                                 tiny_overrides(**{"SOLVER.AMP.ENABLED": str(amp)}),
                                                 data_root=demo_root, run_dir=run_dir)
     trainer = tve._Trainer(cfg, splits, run_dir, tve._Dist(CPU))
-    assert trainer._setup(None) == 0
+    assert trainer.build(None) == 0
     dtypes = _record_dtypes(trainer.model)
     _, images, targets = next(iter(trainer._loader(0)))
     losses = trainer._step(0, images, targets)
