@@ -3,7 +3,7 @@
     python report/build.py --run runs/demo            # or: make report RUN=runs/demo
 
 Reads only the run's records (config.yaml, run.json, best.json, metrics.json, ablation/results.json,
-val_metrics.json, channel_order.json, threshold_sweep.json, the split files and the data root) and
+val_metrics.json, channel_order.json, threshold_sweep.json, tta.json, the split files and the data root) and
 writes ``report/figures/*.png`` and ``report/report.md``. Every table is written twice: as a figure and
 as a Markdown table beside it. Values are printed as the config has them (0.00025 stays 0.00025);
 measured metrics to 4 decimals. A report of a demo run says so in its title and every caption, and
@@ -271,6 +271,19 @@ def _inference_section(rep: Report, run_root: Path) -> None:
         rep.figure(plots.plot_threshold_sweep(sweep), "fig12_threshold_sweep", cap)
     else:
         rep.text("Score threshold: not measured (run notebook 04).")
+    tta = _read(run_root / inference_checks.TTA)
+    if tta:
+        rows = [["with TTA" if r["tta"] else "without TTA", metric_text(r[HEADLINE]), metric_text(r["segm/AP"]),
+                 str(r["detections"]), f"{r['seconds_per_image']:.3g}"] for r in tta["rows"]]
+        cols = ["test-time augmentation", METRIC_LABELS[HEADLINE], METRIC_LABELS["segm/AP"], "detections", "s per image"]
+        sizes = ", ".join(value_text(s) for s in tta["min_sizes"])
+        cap = (f"Test-time augmentation on the val split: shortest edge {sizes} (max {value_text(tta['max_size'])})"
+               f"{', each also flipped' if tta['flip'] else ''}, {tta['augmentations']} passes per image, merged as "
+               f"detectron2's TTA merges; seconds per image as measured on the machine that ran 04 "
+               f"({_rel(run_root / inference_checks.TTA)}).")
+        rep.table(cols, rows, "fig16_tta_table", cap, "Test-time augmentation")
+    else:
+        rep.text("Test-time augmentation: not measured (run notebook 04).")
 
 
 def _errors_section(rep: Report, run_root: Path) -> None:

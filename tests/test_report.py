@@ -69,6 +69,10 @@ def make_run_root(data_root: Path, tmp_path: Path, num_classes: int, val_fractio
             "default_threshold": 0.05, "homework_threshold": 0.5, "rows": [
                 {"threshold": t, "segm/AP50": 0.6 - t / 4, "segm/AP": 0.3 - t / 8, "detections": 10 - int(10 * t)}
                 for t in (0.0, 0.05, 0.5, 0.9)]}))
+        (run_root / inference_checks.TTA).write_text(json.dumps({
+            "min_sizes": [128, 160, 192], "max_size": 320, "flip": True, "augmentations": 6, "rows": [
+                {"tta": False, "segm/AP50": 0.56789, "segm/AP": 0.31234, "detections": 9, "seconds_per_image": 0.0412},
+                {"tta": True, "segm/AP50": 0.60126, "segm/AP": 0.33, "detections": 11, "seconds_per_image": 0.31}]}))
         kinds = ("classification", "localisation", "both", "duplicate", "background", "missed")
         (run_root / "error_analysis.json").write_text(json.dumps({
             "metric": "mask mAP@0.5 (segm AP50)", "base_map": 0.56789, "iou_type": "segm", "fg_iou": 0.5, "bg_iou": 0.1,
@@ -121,6 +125,8 @@ def test_demo_report_states_values_exactly_says_demo_and_keeps_published_numbers
     # both inference checks, as text
     assert "| RGB (as trained) | 0.5679 | 0.3123 | 9 |" in md and "| BGR (swapped) | 0.4321 | 0.2000 | 7 |" in md
     assert "| 0.05 (ours) | 0.5875 |" in md and "| 0.5 (the homework's) | 0.4750 |" in md
+    assert "| without TTA | 0.5679 | 0.3123 | 9 | 0.0412 |" in md and "| with TTA | 0.6013 | 0.3300 | 11 | 0.31 |" in md
+    assert "shortest edge 128, 160, 192 (max 320), each also flipped, 6 passes per image" in md
     # the error analysis, as text
     errors = _section(md, "## Where the mAP goes: error types")
     assert "| error type | dAP | mask mAP@0.5 (segm AP50) if fixed | errors |" in errors
@@ -141,7 +147,7 @@ def test_demo_report_states_values_exactly_says_demo_and_keeps_published_numbers
     # every figure the text names exists, and every table figure has its Markdown beside it
     for name in ["fig1_samples", "fig4_hyperparameters", "fig5_ablation_table", "fig5b_decay_arithmetic",
                  "fig6_ablation_chart", "fig7_ablation_curves", "fig8_training_curves", "fig9_published",
-                 "fig11_channel_order", "fig12_threshold_sweep", "fig13_val_metrics"]:
+                 "fig11_channel_order", "fig12_threshold_sweep", "fig13_val_metrics", "fig16_tta_table"]:
         assert f"figures/{name}.png" in md and (out / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
 
 
