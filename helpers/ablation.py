@@ -351,11 +351,11 @@ def decay_table(results: dict) -> tuple[list[str], list[list[str]]]:
     return cols, rows
 
 
-def runs_table(results: dict) -> tuple[list[str], list[list[str]]]:
-    """(columns, rows): every run's final-checkpoint metrics."""
+def runs_table(results: dict, path_text=str) -> tuple[list[str], list[list[str]]]:
+    """(columns, rows): every run's final-checkpoint metrics; ``path_text`` writes each run folder."""
     cols = ["variant", "seed", METRIC_LABELS[HEADLINE], METRIC_LABELS["segm/AP"], "run"]
     rows = [[r["variant"], str(r["seed"]), f"{r.get(HEADLINE, math.nan):.4f}", f"{r.get('segm/AP', math.nan):.4f}",
-             r["run_dir"] + (" (reused)" if r.get("reused") else "")] for r in results.get("runs", [])]
+             path_text(r["run_dir"]) + (" (reused)" if r.get("reused") else "")] for r in results.get("runs", [])]
     return cols, rows
 
 

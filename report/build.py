@@ -327,7 +327,7 @@ def _ablation_section(rep: Report, run_root: Path) -> None:
               "Weight-decay ablation")
     rep.text("**Verdicts** (each variant against the baseline, " + res["baseline"] + "):\n\n"
              + "\n".join(f"- {c['verdict']}" for c in res["comparisons"]))
-    rep.table(*ablation.runs_table(res), "fig5c_ablation_runs", "Every ablation run's final-checkpoint val metrics.",
+    rep.table(*ablation.runs_table(res, _rel), "fig5c_ablation_runs", "Every ablation run's final-checkpoint val metrics.",
               "Ablation runs")
     rep.text("**The lr·λ·T arithmetic.** SGD with weight decay λ multiplies each parameter by (1 − lr·λ) per step; "
              "with momentum μ the decay term accumulates in the momentum buffer, about (1 − lr·λ/(1−μ)) per step. "

@@ -163,3 +163,12 @@ def test_format_best_names_the_metric(tmp_path):
     runs.record_best(tmp_path, 299, 0.8530573)
     assert runs.format_best(tmp_path) == ("model_best.pth: val mask mAP@0.5 (segm AP50) 0.8531 at iteration 300 "
                                           "(chosen by TEST.BEST_METRIC segm/AP50)")
+
+
+def test_runs_table_writes_each_run_folder_as_asked():
+    """The report writes run folders relative to the project (not this machine's absolute paths)."""
+    res = {"runs": [{"variant": "homework", "seed": 1, "segm/AP50": 0.5, "segm/AP": 0.25,
+                     "run_dir": "/somewhere/runs/demo/ablation/homework/seed1", "reused": True}]}
+    cols, rows = ablation.runs_table(res, lambda p: p.removeprefix("/somewhere/"))
+    assert cols[-1] == "run" and rows == [["homework", "1", "0.5000", "0.2500", "runs/demo/ablation/homework/seed1 (reused)"]]
+    assert ablation.runs_table(res)[1][0][-1] == "/somewhere/runs/demo/ablation/homework/seed1 (reused)"
