@@ -37,3 +37,18 @@ def demo_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo") / "demo"
     make_demo_data(root, seed=0, num_train=24, num_test=6)
     return root
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch) -> Path:
+    """No network, as on a machine without internet: every download is refused at once (a proxy where
+    nothing listens) and torch's cache is empty. Returns the folder torch would download weights into."""
+    import urllib.request
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # nothing listens there: refused at once, like offline
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.setattr(urllib.request, "_opener", None)
+    return tmp_path / "torch" / "hub" / "checkpoints"

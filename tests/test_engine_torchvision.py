@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -278,20 +277,14 @@ def test_architecture_lists_the_pipeline_in_order(project_root, demo_root):
 # -------------------------------------------------------------------------------- weights and errors
 
 
-def test_imagenet_weights_offline_fail_fast_with_instructions(project_root, tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
-        monkeypatch.setenv(var, "http://127.0.0.1:9")  # nothing listens there: refused at once, like offline
-    monkeypatch.delenv("no_proxy", raising=False)
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.setattr(urllib.request, "_opener", None)
+def test_imagenet_weights_offline_fail_fast_with_instructions(project_root, offline):
     cfg = load_config(project_root / "configs" / "demo.yaml", ["MODEL.WEIGHTS", "imagenet", "MODEL.RESNETS.NORM", "FrozenBN"])
     start = time.monotonic()
     with pytest.raises(EngineError) as err:
         tve.build_model(cfg, 5)
     assert time.monotonic() - start < 30
     message = str(err.value)
-    assert "resnet18-f37072fd.pth" in message and str(tmp_path / "torch" / "hub" / "checkpoints") in message
+    assert "resnet18-f37072fd.pth" in message and str(offline) in message
     assert "MODEL.WEIGHTS ''" in message
 
 
