@@ -119,7 +119,7 @@ def run_notebook(page: LabPage, course: Path, name: str) -> Ran:
 
     seconds = page.run_all(path, NOTEBOOK_TIMEOUT, while_running=watch)
     if name == "05_visualization":
-        wait_for_widget_browser(page)
+        wait_for_widget_browser(page, browser_cell_index(file))
     cells = page.cells()
     page.screenshot(name)
     screenshot_cells(page, name, cells)
@@ -141,16 +141,29 @@ def widget_cell(cells: list[dict]) -> dict | None:
     return next((c for c in reversed(cells) if c["code"] and c["widgets"]), None)
 
 
-def wait_for_widget_browser(page: LabPage) -> None:
-    """The image browser's widgets in the page, its picture loaded; a clear failure otherwise."""
+def browser_cell_index(notebook: Path) -> int:
+    """The index of the cell that calls the image browser, in the notebook file."""
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    return next(i for i, c in enumerate(cells) if "image_browser.browser(" in "".join(c["source"]))
+
+
+def wait_for_widget_browser(page: LabPage, index: int) -> None:
+    """The image browser's widgets in the page, its picture loaded; a clear failure otherwise, naming
+    what the browser's cell shows instead, with a screenshot of that cell."""
     def ready() -> bool:
         cell = widget_cell(page.cells())
         return bool(cell and any(i["widget"] and i["complete"] and i["natural"][0] > 0 for i in cell["imgs"]))
 
     def shown() -> str:
-        last = [c for c in page.cells() if c["code"]][-1]
-        return (f"the last cell shows {last['mimes']} {[t[:200] for t in last['text']]} "
-                f"(screenshot {page.screenshot('05_widgets_not_rendered')})")
+        from selenium.webdriver.common.by import By
+
+        cell = page.cells()[index]
+        element = page.driver.find_elements(By.CSS_SELECTOR, ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell")[index]
+        page.driver.execute_script("arguments[0].scrollIntoView()", element)
+        shot = ARTIFACTS / "05_widgets_not_rendered_cell.png"
+        element.screenshot(str(shot))
+        return (f"the image browser's cell (In {cell['prompt']} cell {index}) shows {cell['mimes']} "
+                f"{[t[:200] for t in cell['text']]} (screenshots {shot}, {page.screenshot('05_widgets_not_rendered')})")
 
     wait_for("05's image browser to render as live widgets with its picture (not 'Loading widget...', "
              "not a text repr)", ready, WIDGET_TIMEOUT, on_timeout=shown)
