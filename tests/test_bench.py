@@ -211,3 +211,21 @@ def test_profile_engines_refuses_bad_arguments_with_one_error_line(project_root,
     done = subprocess.run([sys.executable, "bench/profile_engines.py", "--data", str(tmp_path)],
                           cwd=project_root, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.startswith("error: no pascal_train.json") and done.stdout == ""
+
+
+def test_bench_backbones_table_sets_the_published_map_beside_each_backbone(project_root):
+    backbones = _bench_module(project_root, "bench_backbones")
+    row = {"params": 44_000_000, "train_flops_per_iter": 1.68e11, "predict_flops_per_image": 1.148e11,
+           "train_s_per_iter": 7.04, "predict_s_per_image": 1.96}
+    lines = backbones.format_table({"R50": {"torchvision": row}, "X101-32x8d": {"torchvision": row}}).splitlines()
+    assert "hidden test set, as graded, not measured here" in lines[0]
+    assert lines[2].startswith("| R50 | torchvision | 44.00 | 168 | 114.8 | 7.04 | 1.96 | 0.47416 (the homework")
+    assert "0.523 (Zonsor" in lines[3] and "0.557 (Avocado5818, X101, 120k it)" in lines[3]
+
+
+def test_bench_backbones_refuses_bad_arguments(project_root):
+    backbones = _bench_module(project_root, "bench_backbones")
+    for argv in (["--backbones", "R18"], ["--min-size", "0"], ["--iters", "0"], ["--warmup", "-1"]):
+        with pytest.raises(SystemExit) as exc:
+            backbones.parse_args(argv)
+        assert exc.value.code == 2
