@@ -139,7 +139,13 @@ def main(argv: list[str] | None = None) -> None:
     arrays = [data.read_image(path) for _, path in experiment.images_to_predict(Path(args.data) / data.TEST_JSON)[0]
               [: args.images + 1]]
     with tempfile.TemporaryDirectory(prefix="backbones-") as tmp:
-        results = {b: {e: measure(b, e, args, Path(tmp), arrays) for e in names} for b in args.backbones}
+        results: dict[str, dict[str, dict]] = {}
+        for backbone in args.backbones:
+            for engine in names:
+                row = measure(backbone, engine, args, Path(tmp), arrays)
+                results.setdefault(backbone, {})[engine] = row
+                print(f"measured {backbone} {engine}: {row['train_s_per_iter']:.3g} s/iter, "
+                      f"{row['predict_s_per_image']:.3g} s/img", flush=True)  # a long run shows its progress
     print(f"data {args.data}, min size {args.min_size}, batch of the homework config, {args.iters} timed iteration(s) "
           f"after {args.warmup}, {args.images} image(s) after 1; random init, CPU, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
