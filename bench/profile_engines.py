@@ -270,6 +270,7 @@ def profile_engines(names: list[str], args: argparse.Namespace, tmp: Path) -> di
     finally:
         for h in hooks.values():
             h.__exit__()
+        unwrap_processing()
     del steps
 
     arrays = [data.read_image(path) for _, path in experiment.images_to_predict(Path(args.data) / data.TEST_JSON)[0]
