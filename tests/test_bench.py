@@ -167,3 +167,65 @@ def test_bench_on_a_cuda_config_without_cuda_is_one_error_before_any_work(projec
     bench = _bench_module(project_root)
     with pytest.raises(EngineError, match="MODEL.DEVICE is cuda but CUDA is not available"):
         bench.measure_peak(bench.parse_args(["--config", str(project_root / "configs" / "homework.yaml")]))
+
+
+def test_profile_engines_splits_training_and_prediction_into_stages(project_root, demo_root, tmp_path, capsys):
+    """bench/profile_engines.py on the torchvision engine at a tiny size (the demo's R18 and the tests'
+    tiny heads): every pipeline stage of the forward pass, the backward of the backbone and the heads,
+    and the optimizer get CPU time."""
+    profile = _bench_module(project_root, "profile_engines")
+    out = tmp_path / "profile.json"
+    overrides = tiny_overrides(**{"MODEL.DEVICE": "cpu"})
+    profile.main(["--engines", "torchvision", "--config", str(project_root / "configs" / "demo.yaml"),
+                  "--data", str(demo_root), "--min-size", "96", "--warmup", "0",
+                  "--iters", "1", "--images", "1", "--out", str(out), *overrides])
+    result = json.loads(out.read_text())
+    assert (result["min_size"], result["iters"], result["images"], result["score_thresh"]) == (96, 1, 1, 0.0)
+    train, predict = result["results"]["torchvision"]["train"], result["results"]["torchvision"]["predict"]
+    forward = ["backbone body (ResNet)", "FPN", "RPN head (convs)", "RPN anchors, proposals, NMS, loss",
+               "box RoIAlign", "box head + predictor", "mask RoIAlign", "mask head + predictor"]
+    for stage in [*forward, "data loading (in-process: NUM_WORKERS 0)", "optimizer (step, zero_grad)",
+                  "backward: backbone body (ResNet)", "backward: FPN", "backward: mask head + predictor",
+                  "backward: box RoIAlign"]:
+        assert train["stages_ms"][stage] > 0, stage
+    # score threshold 0: the mask head and the paste see every detection
+    assert predict["detections_per_image"] > 0
+    for stage in [*forward, "preprocess (normalize, resize, batch)", "postprocess (rescale boxes, paste masks)"]:
+        assert predict["stages_ms"][stage] > 0, stage
+    for phase in (train, predict):
+        assert phase["total_ms"] == pytest.approx(sum(phase["stages_ms"].values()))
+        assert all(v > 0 for v in phase["stages_ms"].values()) and phase["calls"] == 1
+        # the attributed stages hold most of the time: little is left outside every stage
+        named = sum(v for k, v in phase["stages_ms"].items() if not k.startswith(("outside", "backward: not")))
+        assert named > 0.5 * phase["total_ms"]
+        assert 0 < max(phase["top_ops_ms"].values()) <= phase["total_ms"]
+    assert "torchvision ms" in capsys.readouterr().out
+
+
+def test_profile_engines_refuses_bad_arguments_with_one_error_line(project_root, tmp_path):
+    profile = _bench_module(project_root, "profile_engines")
+    for argv in (["--min-size", "8"], ["--iters", "0"], ["--warmup", "-1"], ["--score-thresh", "2"]):
+        with pytest.raises(SystemExit) as exc:
+            profile.parse_args(argv)
+        assert exc.value.code == 2
+    done = subprocess.run([sys.executable, "bench/profile_engines.py", "--data", str(tmp_path)],
+                          cwd=project_root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("error: no pascal_train.json") and done.stdout == ""
+
+
+def test_bench_backbones_table_sets_the_published_map_beside_each_backbone(project_root):
+    backbones = _bench_module(project_root, "bench_backbones")
+    row = {"params": 44_000_000, "train_flops_per_iter": 1.68e11, "predict_flops_per_image": 1.148e11,
+           "train_s_per_iter": 7.04, "predict_s_per_image": 1.96}
+    lines = backbones.format_table({"R50": {"torchvision": row}, "X101-32x8d": {"torchvision": row}}).splitlines()
+    assert "hidden test set, as graded, not measured here" in lines[0]
+    assert lines[2].startswith("| R50 | torchvision | 44.00 | 168 | 114.8 | 7.04 | 1.96 | 0.47416 (the homework")
+    assert "0.523 (Zonsor" in lines[3] and "0.557 (Avocado5818, X101, 120k it)" in lines[3]
+
+
+def test_bench_backbones_refuses_bad_arguments(project_root):
+    backbones = _bench_module(project_root, "bench_backbones")
+    for argv in (["--backbones", "R18"], ["--min-size", "0"], ["--iters", "0"], ["--warmup", "-1"]):
+        with pytest.raises(SystemExit) as exc:
+            backbones.parse_args(argv)
+        assert exc.value.code == 2
