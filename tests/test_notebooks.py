@@ -97,6 +97,8 @@ def test_all_notebooks_run_headless_in_order_and_the_report_builds(demo_root, tm
     assert [r["as_trained"] for r in order["rows"]] == [True, False] and order["trained_with"] == "RGB"
     sweep = json.loads((run_root / "threshold_sweep.json").read_text())
     assert {0.0, 0.05, 0.5, 0.9} <= {r["threshold"] for r in sweep["rows"]}
+    tta = json.loads((run_root / "tta.json").read_text())
+    assert tta["augmentations"] == 6 and [r["tta"] for r in tta["rows"]] == [False, True]
     # 04: a submission that validates, and val metrics
     summary = submission.validate_submission(demo_root / "test.json", run_root / "submission.json")
     assert summary["images_total"] == len(json.loads((demo_root / "test.json").read_text())["images"])

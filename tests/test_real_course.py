@@ -37,6 +37,8 @@ def test_the_course_runs_on_real_tiny_voc(tinyvoc_root, tmp_path):
     assert ids <= {img["id"] for img in data.load_split(tinyvoc_root / data.TEST_JSON, check_images=False).images}
     metrics = json.loads((run_root / "val_metrics.json").read_text())
     assert 0.0 <= metrics["segm"]["AP50"] <= 1.0 and len(metrics["segm"]["per_class"]) == 20
+    tta = json.loads((run_root / "tta.json").read_text())  # at the profile's sizes, not detectron2's 400..1200
+    assert tta["min_sizes"] == [224, 256, 288] and [r["tta"] for r in tta["rows"]] == [False, True]
     # 05 and the report
     assert (run_root / "figures" / "05_per_class_ap50.png").is_file()
     assert (tmp_path / "report" / "report.md").is_file()
