@@ -423,11 +423,28 @@ def _cell_text(value) -> str:
     return str(value)
 
 
+_TABLE_FONT_PT = 10
+_TABLE_PAD = 0.04  # fraction of a cell's width left blank on each side of its text
+_TABLE_MARGIN_PT = 6
+
+
+def _text_points(text: str, weight: str = "normal") -> float:
+    """How wide ``text`` renders at the table's font size, in points (matplotlib's own font metrics)."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import text_to_path
+
+    width, _, _ = text_to_path.get_text_width_height_descent(text, FontProperties(size=_TABLE_FONT_PT, weight=weight),
+                                                            ismath=False)
+    return width
+
+
 def table_figure(columns: Sequence[str], rows: Sequence[Sequence], title: str | None = None) -> Figure:
     """A table rendered as a figure: bold shaded header, banded rows, column widths fitted to the text."""
     texts = [[_cell_text(v) for v in row] for row in rows] or [["(none)"] + [""] * (len(columns) - 1)]
-    widths = [max([len(str(c))] + [len(row[k]) for row in texts]) + 2 for k, c in enumerate(columns)]
-    fig_w = min(max(0.085 * sum(widths) + 0.4, 3.0), 16.0)
+    # each column as wide as its widest text as matplotlib renders it (the header in bold), plus the padding
+    widths = [max([_text_points(str(c), "bold")] + [_text_points(row[k]) for row in texts]) / (1 - 2 * _TABLE_PAD)
+              + _TABLE_MARGIN_PT for k, c in enumerate(columns)]
+    fig_w = max(sum(widths) / 72 + 0.2, 3.0)
     fig_h = 0.3 * (len(texts) + 1) + (0.45 if title else 0.1)
     fig, axes = _figure(figsize=(fig_w, fig_h))
     ax = axes[0, 0]
@@ -435,10 +452,10 @@ def table_figure(columns: Sequence[str], rows: Sequence[Sequence], title: str | 
     table = ax.table(cellText=texts, colLabels=list(columns), cellLoc="left", colLoc="left",
                      colWidths=[w / sum(widths) for w in widths], bbox=[0, 0, 1, 1])
     table.auto_set_font_size(False)
-    table.set_fontsize(10)
+    table.set_fontsize(_TABLE_FONT_PT)
     for (r, _), cell in table.get_celld().items():
         cell.set_edgecolor("0.8")
-        cell.PAD = 0.04  # fraction of the cell width left blank beside the text
+        cell.PAD = _TABLE_PAD
         if r == 0:
             cell.set_facecolor("0.88")
             cell.get_text().set_fontweight("bold")

@@ -247,6 +247,23 @@ def test_table_figure_formats_cells(tmp_path):
     _assert_renders(fig, tmp_path)
 
 
+@pytest.mark.parametrize("columns, rows", [
+    (["WEIGHT_DECAY", "WEIGHT_DECAY_BIAS", "WEIGHT_DECAY_NORM"], [[0.0001, 0.01, 0.0]]),
+    (["mask mAP@0.5 (segm AP50)", "n"], [[0.85641234, 3], [0.1, 12345678]]),
+    (["x"], [["a long cell text that is much wider than its header, with | and unicode – ×"]]),
+])
+def test_table_figure_fits_every_text_in_its_cell(columns, rows):
+    """No header or cell is clipped: each text, as drawn, lies inside its cell."""
+    fig = plots.table_figure(columns, rows, title="t")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    for (r, c), cell in fig.axes[0].tables[0].get_celld().items():
+        text, box = cell.get_text().get_window_extent(renderer), cell.get_window_extent(renderer)
+        assert box.x0 <= text.x0 and text.x1 <= box.x1, (r, c, cell.get_text().get_text())
+
+
 def test_eval_curves_and_architecture(tmp_path):
     curves = {"a": [{"iteration": 10, "segm/AP": 0.1, "segm/AP50": 0.2}, {"iteration": 20, "segm/AP": 0.2}],
               "b": []}
