@@ -53,7 +53,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -64,6 +64,7 @@ from ..config import IMAGENET, Config
 from ..errors import ConfigError, EngineError
 from ..instances import Instances
 from . import base, torchvision_tta
+from .torchvision_paste import paste_masks
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +219,19 @@ class _InputTransform(GeneralizedRCNNTransform):
     def __init__(self, train_sizes: tuple[int, ...], train_max: int, test_size: int, test_max: int):
         super().__init__(train_sizes, train_max, IMAGENET_MEAN, IMAGENET_STD)
         self._sizes = {True: (tuple(train_sizes), train_max), False: ((test_size,), test_max)}
+        self.paste_threshold: float | None = None  # None: masks pasted as probabilities; a number: boolean
+
+    def postprocess(self, result: list[dict], image_shapes: list[tuple[int, int]],
+                    original_image_sizes: list[tuple[int, int]]) -> list[dict]:
+        """torchvision's postprocess (boxes and masks into the original image) with the masks pasted by
+        torchvision_paste: the same pixels, one allocation per image instead of one per detection."""
+        if self.training:
+            return result
+        for pred, size, original in zip(result, image_shapes, original_image_sizes):
+            pred["boxes"] = resize_boxes(pred["boxes"], size, original)
+            if "masks" in pred:
+                pred["masks"] = paste_masks(pred["masks"], pred["boxes"], original, self.paste_threshold)
+        return result
 
     def train(self, mode: bool = True) -> "_InputTransform":
         self.min_size, self.max_size = self._sizes[bool(mode)]
@@ -599,8 +613,10 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
 
 
 def _predictor(model: nn.Module, cfg: Config, categories: list[dict], device: torch.device) -> base.Predictor:
-    """A Predictor around ``model``, which the caller keeps in eval mode while using it."""
+    """A Predictor around ``model``, which the caller keeps in eval mode while using it. The model's masks
+    are pasted as booleans from here on (what Instances keeps; the probabilities are never looked at)."""
     category_ids = np.array([c["id"] for c in sorted(categories, key=lambda c: c["id"])], dtype=np.int64)
+    model.transform.paste_threshold = MASK_THRESHOLD
     amp = _amp_dtype(cfg, device)
     tta = {"min_sizes": cfg["TEST.AUG.MIN_SIZES"], "max_size": cfg["TEST.AUG.MAX_SIZE"], "flip": cfg["TEST.AUG.FLIP"],
            "nms_thresh": cfg["MODEL.ROI_HEADS.NMS_THRESH_TEST"],
@@ -615,11 +631,16 @@ def _predictor(model: nn.Module, cfg: Config, categories: list[dict], device: to
     return base.Predictor(predict, categories, cfg["MODEL.ROI_HEADS.SCORE_THRESH_TEST"], str(device))
 
 
+def _binary(masks: torch.Tensor) -> torch.Tensor:
+    """Pasted masks as booleans: already so when pasted with a threshold, else probability >= MASK_THRESHOLD."""
+    return masks if masks.dtype == torch.bool else masks >= MASK_THRESHOLD
+
+
 def _instances(out: dict[str, torch.Tensor], image_size: tuple[int, int], category_ids: np.ndarray) -> Instances:
     """torchvision's output for one image -> Instances with the data set's category ids."""
     return Instances(
         boxes=out["boxes"].float().cpu().numpy(),
-        masks=(out["masks"][:, 0] >= MASK_THRESHOLD).cpu().numpy(),
+        masks=_binary(out["masks"][:, 0]).cpu().numpy(),
         scores=out["scores"].float().cpu().numpy(),
         category_ids=category_ids[out["labels"].cpu().numpy() - 1],
         image_size=image_size,

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import torch
 from torchvision.models.detection import MaskRCNN
-from torchvision.models.detection.roi_heads import maskrcnn_inference, paste_masks_in_image
+from torchvision.models.detection.roi_heads import maskrcnn_inference
 from torchvision.ops import batched_nms, clip_boxes_to_image
+
+from .torchvision_paste import paste_masks
 
 MERGE_SCORE_FLOOR = 1e-8  # detectron2's merge keeps every box scoring above this (each pass already applied SCORE_THRESH_TEST)
 
@@ -84,7 +86,8 @@ class _Augmented:
 def predict_one(model: MaskRCNN, image: torch.Tensor, min_sizes: list[int], max_size: int, flip: bool,
                 nms_thresh: float, detections_per_image: int) -> dict[str, torch.Tensor]:
     """The TTA prediction of one 3xHxW image (floats 0..1), in torchvision's output format
-    (``boxes``, ``labels``, ``scores``, ``masks`` as N x 1 x H x W probabilities). ``model`` is in eval mode."""
+    (``boxes``, ``labels``, ``scores``, ``masks`` N x 1 x H x W: probabilities, or booleans when the
+    model's transform has a ``paste_threshold``). ``model`` is in eval mode."""
     augmented = [_Augmented(model, image, size, flipped, max_size) for size, flipped in augmentations(min_sizes, flip)]
     found = [aug.detect() for aug in augmented]
     boxes = clip_boxes_to_image(torch.cat([b for b, _, _ in found]), (augmented[0].height, augmented[0].width))
@@ -97,7 +100,7 @@ def predict_one(model: MaskRCNN, image: torch.Tensor, min_sizes: list[int], max_
     height, width = image.shape[-2:]
     if len(boxes):
         probs = torch.stack([aug.mask_probabilities(boxes, labels) for aug in augmented]).mean(dim=0)
-        masks = paste_masks_in_image(probs, boxes, (height, width))
     else:
-        masks = torch.zeros((0, 1, height, width), device=image.device)
+        probs = torch.zeros((0, 1, 1, 1), device=image.device)
+    masks = paste_masks(probs, boxes, (height, width), getattr(model.transform, "paste_threshold", None))
     return {"boxes": boxes, "labels": labels, "scores": scores, "masks": masks}
