@@ -49,13 +49,13 @@ def test_welch_interval_and_verdicts():
 
 
 def test_lr_schedule_is_the_engines_learning_rate():
-    tve = pytest.importorskip("helpers.engines.torchvision_engine")
+    tv_loop = pytest.importorskip("helpers.engines.torchvision_engine.loop")
     for overrides in ({}, {"SOLVER.WARMUP_METHOD": "constant"}, {"SOLVER.WARMUP_ITERS": 0}):
         cfg = load_config(CONFIGS / "demo.yaml", overrides)
         lr = ablation.lr_schedule(cfg)
         assert len(lr) == cfg["SOLVER.MAX_ITER"]
         for it in (0, 1, 25, 49, 50, 239, 240, 280, 299):
-            assert lr[it] == pytest.approx(tve.learning_rate(cfg, it), rel=1e-12)
+            assert lr[it] == pytest.approx(tv_loop.learning_rate(cfg, it), rel=1e-12)
 
 
 def test_decay_arithmetic_of_the_homework():

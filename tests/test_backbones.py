@@ -14,6 +14,7 @@ from helpers import data, experiment, runs
 from helpers.config import load_config
 from helpers.engines import detectron2_engine as d2e
 from helpers.engines import torchvision_engine as tve
+from helpers.engines.torchvision_engine import weights as tv_weights
 from helpers.errors import ConfigError, EngineError
 from engine_checks import assert_instances_fit_images
 from tiny_schedule import tiny_overrides
@@ -92,9 +93,9 @@ def test_torchvision_cannot_widen_basic_blocks(project_root):
 
 def test_imagenet_weights_exist_only_for_torchvisions_shapes(project_root):
     homework = project_root / "configs" / "homework.yaml"
-    assert tve._imagenet_weights(load_config(project_root / "configs" / "homework_x101.yaml")) \
+    assert tv_weights._imagenet_weights(load_config(project_root / "configs" / "homework_x101.yaml")) \
         is torchvision.models.ResNeXt101_32X8D_Weights.IMAGENET1K_V1
-    assert tve._imagenet_weights(load_config(project_root / "configs" / "homework_r101.yaml")) \
+    assert tv_weights._imagenet_weights(load_config(project_root / "configs" / "homework_r101.yaml")) \
         is torchvision.models.ResNet101_Weights.IMAGENET1K_V1
     cfg = load_config(homework, ["MODEL.RESNETS.DEPTH", "152", "MODEL.RESNETS.NUM_GROUPS", "32"])
     with pytest.raises(ConfigError) as err:

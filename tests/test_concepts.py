@@ -108,7 +108,7 @@ def test_learning_rate_warmup_and_steps():
 
 
 def test_learning_rate_is_the_torchvision_engines(project_root):
-    from helpers.engines.torchvision_engine import learning_rate as engine_lr
+    from helpers.engines.torchvision_engine.loop import learning_rate as engine_lr
 
     cfg = load_config(project_root / "configs" / "demo.yaml")
     for it in (0, 1, 25, 49, 50, 239, 240, 279, 280, 299):

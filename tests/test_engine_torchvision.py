@@ -18,6 +18,7 @@ import torch
 from helpers import data, experiment, runs
 from helpers.config import load_config
 from helpers.engines import torchvision_engine as tve
+from helpers.engines.torchvision_engine import loop as tv_loop, predict as tv_predict, train_data as tv_data
 from helpers.errors import ConfigError, EngineError
 from engine_checks import assert_instances_fit_images, assert_run_folder_layout, assert_same_run
 from tiny_schedule import MAX_ITER, tiny_overrides
@@ -58,18 +59,18 @@ def test_learning_rate_follows_warmup_and_steps(project_root):
     cfg = load_config(project_root / "configs" / "homework.yaml",
                       ["SOLVER.BASE_LR", "1.0", "SOLVER.WARMUP_ITERS", "10", "SOLVER.WARMUP_FACTOR", "0.1",
                        "SOLVER.STEPS", "(20, 30)", "SOLVER.GAMMA", "0.5"])
-    assert tve.learning_rate(cfg, 0) == pytest.approx(0.1)
-    assert tve.learning_rate(cfg, 5) == pytest.approx(0.55)
-    assert [tve.learning_rate(cfg, i) for i in (10, 19, 20, 29, 30)] == pytest.approx([1, 1, 0.5, 0.5, 0.25])
+    assert tv_loop.learning_rate(cfg, 0) == pytest.approx(0.1)
+    assert tv_loop.learning_rate(cfg, 5) == pytest.approx(0.55)
+    assert [tv_loop.learning_rate(cfg, i) for i in (10, 19, 20, 29, 30)] == pytest.approx([1, 1, 0.5, 0.5, 0.25])
     cfg["SOLVER.WARMUP_METHOD"] = "constant"
-    assert tve.learning_rate(cfg, 9) == pytest.approx(0.1)
+    assert tv_loop.learning_rate(cfg, 9) == pytest.approx(0.1)
 
 
 def test_param_groups_follow_detectron2(project_root):
     cfg = tve.prepare_config(load_config(project_root / "configs" / "demo.yaml",
                                          ["SOLVER.WEIGHT_DECAY_NORM", "0.0", "SOLVER.BIAS_LR_FACTOR", "2.0"]))
     model = tve.build_model(cfg, 5, load_weights=False)
-    groups = {(g["lr_factor"], g["weight_decay"]): g["params"] for g in tve._param_groups(cfg, model)}
+    groups = {(g["lr_factor"], g["weight_decay"]): g["params"] for g in tv_loop._param_groups(cfg, model)}
     norm_weight = model.backbone.body.bn1.weight
     conv_weight, bias = model.backbone.body.conv1.weight, model.rpn.head.conv[0][0].bias
     assert any(p is norm_weight for p in groups[(1.0, 0.0)])
@@ -133,7 +134,7 @@ def test_class_agnostic_box_and_mask_are_shared_by_every_class(project_root, dem
     assert logits.shape == (2, 6, 28, 28) and torch.equal(logits[:, 1], logits[:, 5])
     # one training step's losses reach the shared layers
     split = data.load_split(demo_root / data.TRAIN_JSON, check_images=False)
-    sample = tve._TrainImages(split, True, False, 0)[(0, 0)]
+    sample = tv_data._TrainImages(split, True, False, 0)[(0, 0)]
     losses = model([sample[1].float() / 255], [sample[2]])
     sum(losses.values()).backward()
     assert box.bbox_pred.weight.grad.abs().sum() > 0 and mask.mask_fcn_logits.weight.grad.abs().sum() > 0
@@ -191,8 +192,8 @@ def test_killed_while_writing_a_checkpoint_resumes_bit_identically(project_root,
 
 
 def test_nan_loss_stops_with_the_iteration_and_keeps_the_last_checkpoint(project_root, demo_root, tmp_path, monkeypatch):
-    real = tve.learning_rate
-    monkeypatch.setattr(tve, "learning_rate", lambda cfg, it: float("nan") if it >= 3 else real(cfg, it))
+    real = tv_loop.learning_rate
+    monkeypatch.setattr(tv_loop, "learning_rate", lambda cfg, it: float("nan") if it >= 3 else real(cfg, it))
     run_dir = tmp_path / "run"
     with pytest.raises(EngineError, match=r"nan or inf at iteration 4 .*model_0000002\.pth"):
         experiment.train(project_root / "configs" / "demo.yaml", tiny_overrides(), data_root=demo_root,
@@ -254,7 +255,7 @@ def test_predictor_returns_instances_with_dataset_ids(reference_run, demo_root):
 def test_labels_map_back_to_category_ids():
     out = {"boxes": torch.tensor([[0.0, 0, 2, 2], [1, 1, 3, 3]]), "scores": torch.tensor([0.9, 0.4]),
            "labels": torch.tensor([2, 1]), "masks": torch.tensor([0.7, 0.2]).reshape(2, 1, 1, 1).expand(2, 1, 4, 5)}
-    inst = tve._instances(out, (4, 5), np.array([10, 30]))
+    inst = tv_predict._instances(out, (4, 5), np.array([10, 30]))
     assert inst.category_ids.tolist() == [30, 10]
     assert inst.masks[0].all() and not inst.masks[1].any()
 

@@ -7,7 +7,7 @@ import torch
 
 from helpers import experiment, runs
 from helpers.config import load_config
-from helpers.engines import torchvision_engine as tve
+from helpers.engines.torchvision_engine import device as tv_device, loop as tv_loop
 from engine_checks import final_state
 from tiny_schedule import tiny_overrides
 
@@ -36,7 +36,7 @@ def test_loader_pins_memory_only_for_cuda(project_root, demo_root, tmp_path):
                                                 tiny_overrides(**{"DATALOADER.NUM_WORKERS": "2"}),
                                                 data_root=demo_root, run_dir=tmp_path / "run")
     for device, pinned in (("cpu", False), ("cuda", True)):  # building a loader touches no device
-        loader = tve._Trainer(cfg, splits, run_dir, tve._Dist(torch.device(device)))._loader(0)
+        loader = tv_loop._Trainer(cfg, splits, run_dir, tv_device._Dist(torch.device(device)))._loader(0)
         assert (loader.pin_memory, loader.num_workers) == (pinned, 2)
 
 
@@ -52,9 +52,9 @@ def test_cudnn_benchmark_is_set_on_cuda_only(project_root):
     cfg = load_config(project_root / "configs" / "demo.yaml", ["CUDNN_BENCHMARK", "True"])
     cfg.check_engine("torchvision")  # wired now: no longer rejected
     torch.backends.cudnn.benchmark = False
-    tve._cudnn_benchmark(cfg, torch.device("cpu"))
+    tv_device._cudnn_benchmark(cfg, torch.device("cpu"))
     assert torch.backends.cudnn.benchmark is False
-    tve._cudnn_benchmark(cfg, torch.device("cuda"))
+    tv_device._cudnn_benchmark(cfg, torch.device("cuda"))
     assert torch.backends.cudnn.benchmark is True
-    tve._cudnn_benchmark(load_config(project_root / "configs" / "demo.yaml"), torch.device("cuda"))
+    tv_device._cudnn_benchmark(load_config(project_root / "configs" / "demo.yaml"), torch.device("cuda"))
     assert torch.backends.cudnn.benchmark is False

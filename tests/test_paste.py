@@ -8,8 +8,9 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import clip_boxes_to_image
 
-from helpers.engines.torchvision_engine import MASK_THRESHOLD, _InputTransform
-from helpers.engines.torchvision_paste import paste_masks
+from helpers.engines.torchvision_engine.model import _InputTransform
+from helpers.engines.torchvision_engine.paste import paste_masks
+from helpers.engines.torchvision_engine.predict import MASK_THRESHOLD
 
 
 def _boxes(gen: torch.Generator, n: int, height: int, width: int) -> torch.Tensor:

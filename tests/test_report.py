@@ -10,7 +10,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 
 from helpers import ablation, data, experiment, inference_checks, runs
 from helpers.paths import CONFIGS, PROJECT_ROOT

@@ -12,7 +12,8 @@ import torch
 from helpers import experiment, inference_checks
 from helpers.config import load_config
 from helpers.engines import torchvision_engine as tv
-from helpers.engines import torchvision_tta as tta
+from helpers.engines.torchvision_engine import predict as tv_predict
+from helpers.engines.torchvision_engine import tta
 from helpers.paths import CONFIGS
 from tiny_schedule import TINY, tiny_overrides
 
@@ -35,7 +36,7 @@ def _image(seed: int = 0) -> torch.Tensor:
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 255, (90, 130, 3), dtype=np.uint8)  # not square: a wrong axis shows
     image[20:60, 10:50] = (250, 30, 30)
-    return tv._image_tensor(image, torch.device("cpu"))
+    return tv_predict._image_tensor(image, torch.device("cpu"))
 
 
 def _tta(cfg, model, image, sizes, flip):

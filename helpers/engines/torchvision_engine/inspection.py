@@ -1,6 +1,6 @@
 """``inspect`` for the torchvision engine: one image through a trained model, stage by stage.
 
-The model is built and loaded as :func:`torchvision_engine.load_predictor` builds it, and run as
+The model is built and loaded as :func:`helpers.engines.torchvision_engine.load_predictor` builds it, and run as
 torchvision's ``GeneralizedRCNN.forward`` runs it (transform, backbone, RPN, ROI heads,
 postprocess), calling each part itself so every stage's tensors can be kept. Forward hooks catch
 what a part computes inside (the ResNet stages, the anchors); the RPN's own ``filter_proposals``
@@ -18,9 +18,12 @@ from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import box_iou
 from torchvision.ops import boxes as box_ops
 
-from ..config import Config
-from . import inspect_record as rec
-from . import torchvision_engine as tve
+from ...config import Config
+from .. import inspect_record as rec
+from .device import _amp_dtype, _autocast, _device, _to_device
+from .model import _anchor_levels, build_model
+from .predict import MASK_THRESHOLD, _image_tensor
+from .weights import _load_weights
 
 FPN_NAMES = ["p2", "p3", "p4", "p5", "p6"]
 RES_NAMES = ["res2", "res3", "res4", "res5"]
@@ -31,14 +34,14 @@ def inspect(cfg: Config, checkpoint: Path, categories: list[dict], image: np.nda
             gt_index: int = 0, num_channels: int = rec.NUM_CHANNELS, num_rois: int = rec.NUM_ROIS) -> dict:
     """The plain-data record of one RGB uint8 image through the checkpoint's model (see inspect_record)."""
     gt_boxes, gt_ids = rec.check_gt(gt, gt_index)
-    device = tve._device(cfg)
+    device = _device(cfg)
     sorted_cats = sorted(categories, key=lambda c: c["id"])
     category_ids = np.array([c["id"] for c in sorted_cats], dtype=np.int64)
-    model = tve.build_model(cfg, len(categories), load_weights=False)
-    tve._load_weights(model, Path(checkpoint), strict=True)
-    model = tve._to_device(model, device).eval()
-    with torch.inference_mode(), tve._autocast(device, tve._amp_dtype(cfg, device)):
-        out = _run(model, tve._image_tensor(image, device), num_rois)
+    model = build_model(cfg, len(categories), load_weights=False)
+    _load_weights(model, Path(checkpoint), strict=True)
+    model = _to_device(model, device).eval()
+    with torch.inference_mode(), _autocast(device, _amp_dtype(cfg, device)):
+        out = _run(model, _image_tensor(image, device), num_rois)
     record = _record(cfg, model, out, image, gt_boxes, gt_ids, gt_index, category_ids, num_channels)
     record["class_names"] = {int(c["id"]): c["name"] for c in sorted_cats}
     record["engine"] = "torchvision"
@@ -119,7 +122,7 @@ def _record(cfg: Config, model, out: dict, image: np.ndarray, gt_boxes, gt_ids, 
     anchors = _np(out["anchors"][0])
     per_level = np.split(anchors, np.cumsum(counts)[:-1])
     grids = [tuple(o.shape[-2:]) for o in out["objectness"]]
-    sizes, ratios = tve._anchor_levels(cfg)
+    sizes, ratios = _anchor_levels(cfg)
     in_gt = None
     if gt_boxes is not None:
         in_gt = _np(resize_boxes(torch.as_tensor(gt_boxes), out["original_size"], (h, w)))
@@ -169,8 +172,8 @@ def _record(cfg: Config, model, out: dict, image: np.ndarray, gt_boxes, gt_ids, 
     record["detections"] = {
         "boxes": _np(final["boxes"]), "scores": _np(final["scores"]),
         "category_ids": category_ids[final["labels"].cpu().numpy() - 1],
-        "masks": (final["masks"][:, 0] >= tve.MASK_THRESHOLD).cpu().numpy(), "boxes_input": det_boxes_input,
-        "score_thresh": float(model.roi_heads.score_thresh), "mask_threshold": tve.MASK_THRESHOLD,
+        "masks": (final["masks"][:, 0] >= MASK_THRESHOLD).cpu().numpy(), "boxes_input": det_boxes_input,
+        "score_thresh": float(model.roi_heads.score_thresh), "mask_threshold": MASK_THRESHOLD,
     }
     index = rec.choose_detection(det_boxes_input, None if in_gt is None else in_gt[gt_index])
     record["mask"] = None
@@ -181,7 +184,7 @@ def _record(cfg: Config, model, out: dict, image: np.ndarray, gt_boxes, gt_ids, 
             "resolution": int(raw["masks"].shape[-1]), "box_input": det_boxes_input[index],
             "box": record["detections"]["boxes"][index], "score": float(record["detections"]["scores"][index]),
             "category_id": int(record["detections"]["category_ids"][index]),
-            "pasted": pasted, "binary": pasted >= tve.MASK_THRESHOLD, "threshold": tve.MASK_THRESHOLD,
+            "pasted": pasted, "binary": pasted >= MASK_THRESHOLD, "threshold": MASK_THRESHOLD,
         }
     record["gt"] = None if gt_boxes is None else {"boxes": gt_boxes, "category_ids": gt_ids, "index": int(gt_index)}
     return record

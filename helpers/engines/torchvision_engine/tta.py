@@ -21,7 +21,7 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.roi_heads import maskrcnn_inference
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
-from .torchvision_paste import paste_masks
+from .paste import paste_masks
 
 MERGE_SCORE_FLOOR = 1e-8  # detectron2's merge keeps every box scoring above this (each pass already applied SCORE_THRESH_TEST)
 
