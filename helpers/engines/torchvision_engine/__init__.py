@@ -55,7 +55,7 @@ from .architecture import architecture  # noqa: F401  (engine API)
 from .device import _cudnn_benchmark, _device, _Dist, _setup_distributed, _to_device
 from .loop import _optimizer, _Trainer
 from .model import _anchor_levels, _check_resnet, build_model
-from .predict import _predictor
+from .predict import _predictor, fold_norms
 from .weights import _imagenet_weights, _load_weights
 
 # ------------------------------------------------------------------------------- engine API
@@ -107,7 +107,7 @@ def load_predictor(cfg: Config, checkpoint: Path, categories: list[dict]) -> bas
     device = _device(cfg)
     model = build_model(cfg, len(categories), load_weights=False)
     _load_weights(model, Path(checkpoint), strict=True)
-    model = _to_device(model, device).eval()
+    model = _to_device(fold_norms(model.eval()), device)  # for prediction only: training keeps its norms
     return _predictor(model, cfg, categories, device)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torchvision.ops import FrozenBatchNorm2d
 
 from ...config import Config
 from ...instances import Instances
@@ -13,6 +15,36 @@ from . import tta as torchvision_tta
 from .device import _amp_dtype, _autocast
 
 MASK_THRESHOLD = 0.5
+FOLDABLE_NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)  # fixed affine maps at inference: foldable into a conv
+
+
+def fold_norms(module: nn.Module) -> nn.Module:
+    """``module`` (in eval mode) with every batch norm that directly follows a convolution folded into that
+    convolution's weights and bias (torch's ``fuse_conv_bn_eval``) and replaced by an identity.
+
+    At inference a BatchNorm or FrozenBatchNorm is a per-channel affine map, so the folded model computes
+    the same function (to float rounding) with one pass fewer over every backbone activation: on the
+    homework config it was the second-largest op of prediction on a CPU (bench/PROFILE.md). Pairs are
+    found as torchvision builds them: ``convK`` followed by ``bnK`` in the ResNet stem and blocks, and a
+    convolution followed by its norm inside a Sequential (the shortcut's ``downsample``, normed FPN and head
+    convs). GroupNorm depends on the activations and is left as it is. Changes ``module`` in place.
+    """
+    if module.training:
+        raise ValueError("fold_norms needs a model in eval mode")
+    for child in module.children():
+        fold_norms(child)
+    names = dict(module.named_children())
+    pairs = [(name, "bn" + name[4:]) for name in names if name.startswith("conv")]
+    if isinstance(module, nn.Sequential):
+        order = list(names)
+        pairs += list(zip(order, order[1:]))
+    for conv_name, norm_name in pairs:
+        conv, norm = names.get(conv_name), names.get(norm_name)
+        if type(conv) is nn.Conv2d and isinstance(norm, FOLDABLE_NORMS):
+            setattr(module, conv_name, fuse_conv_bn_eval(conv, norm))
+            setattr(module, norm_name, nn.Identity())
+            names[conv_name], names[norm_name] = getattr(module, conv_name), nn.Identity()
+    return module
 
 
 def _image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
