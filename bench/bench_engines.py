@@ -12,6 +12,21 @@ backward; the mean of the first FLOP_ITERS timed iterations, replayed with the e
 timed images, counted after timing them), each over its measured seconds, against the best dense
 matmul FLOP/s of this device measured in the same run.
 
+Equal work (the default; ``--as-configured`` turns it off). Two engines given the same config do not
+do the same work per iteration or per image: each draws its own training sizes from MIN_SIZE_TRAIN, and
+the number of proposals and detections that reach the box and mask heads depends on each model's own
+(random) weights. On the homework config that made torchvision count 21% more FLOPs per training
+iteration and 30% more per image than detectron2 in the same run (bench/PROFILE.md). So by default the
+benchmark pins the work: one training size (the config's largest), RPN NMS off (every image sends
+exactly POST_NMS_TOPK proposals on), score threshold 0 and test NMS off (exactly DETECTIONS_PER_IMAGE
+detections reach the mask head), and, under random init, the pixel std set to ImageNet's
+(with its default std of 1, meant for MSRA weights, a random-init model's activations are ~58x
+torchvision's and its RPN proposes mostly degenerate boxes, which are dropped: 30-60 proposals instead
+of 1000; torchvision always normalises with ImageNet's). An engine that does not support a key (it builds
+that part its own fixed way: helpers.config.ENGINE_UNSUPPORTED) is not given it. The FLOP counts in the
+second table show whether the work matched. Your own KEY VALUE
+overrides come after these, so they win.
+
     python bench/bench_engines.py                       # configs/demo.yaml on a generated demo set
     python bench/bench_engines.py --config configs/homework.yaml --data /path/to/tinyvoc --iters 50
     python bench/bench_engines.py --out bench.json MODEL.DEVICE cpu
@@ -97,9 +112,10 @@ def measure_predict(run_dir: Path, images: Path, count: int) -> dict:
 
 def run_phase(args: argparse.Namespace, engine: str, phase: str, run_dir: Path) -> dict:
     """One phase of one engine in a child process; its JSON result."""
+    overrides = [*engine_pins(engine, args.pinned), *args.overrides]  # the user's own overrides last: they win
     command = [sys.executable, str(Path(__file__).resolve()), "--phase", phase, "--engine", engine,
                "--run-dir", str(run_dir), "--config", args.config, "--data", str(args.data),
-               "--iters", str(args.iters), "--images", str(args.images), *args.overrides]
+               "--iters", str(args.iters), "--images", str(args.images), *overrides]
     done = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True)
     results = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if done.returncode or not results:
@@ -143,6 +159,32 @@ def format_compute_table(results: dict[str, dict], peak: dict) -> str:
     return "\n".join(lines)
 
 
+IMAGENET_PIXEL_STD = "[57.375, 57.12, 58.395]"  # detectron2's pixel std for torchvision-style weights (BGR, 0..255)
+
+
+def equal_work_overrides(config: str, overrides: list[str]) -> list[str]:
+    """The KEY VALUE overrides that give every engine the same work (module docstring: Equal work)."""
+    from helpers.config import load_config
+
+    cfg = load_config(config, overrides)
+    pins = ["INPUT.MIN_SIZE_TRAIN", f"({max(cfg['INPUT.MIN_SIZE_TRAIN'])},)", "INPUT.MIN_SIZE_TRAIN_SAMPLING", "choice",
+            "MODEL.RPN.NMS_THRESH", "1.0", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
+            "MODEL.ROI_HEADS.NMS_THRESH_TEST", "1.0"]
+    if cfg["MODEL.WEIGHTS"] == "":
+        pins += ["MODEL.PIXEL_STD", IMAGENET_PIXEL_STD]
+    return pins
+
+
+def engine_pins(engine: str, pins: list[str]) -> list[str]:
+    """The equal-work settings an engine takes: a key it does not support (helpers.config's
+    ENGINE_UNSUPPORTED: it builds that part its own fixed way) is left out for it."""
+    from helpers.config import ENGINE_UNSUPPORTED
+
+    unsupported = ENGINE_UNSUPPORTED.get(engine, {})
+    pairs = zip(pins[::2], pins[1::2])
+    return [item for key, value in pairs if key not in unsupported for item in (key, value)]
+
+
 def measure_peak(args: argparse.Namespace) -> dict:
     """The dense matmul peak of the device the config trains on, in the dtype it computes in."""
     import torch
@@ -167,6 +209,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=20, help=f"training iterations (the first {WARMUP_ITERS} are not timed)")
     p.add_argument("--images", type=int, default=10, help="images to predict (plus one warm-up)")
     p.add_argument("--out", default=None, help="also write the results as JSON here")
+    p.add_argument("--as-configured", action="store_true",
+                   help="run the config as it is, without the settings that give every engine the same work")
     p.add_argument("--peak-sizes", type=int, nargs="+", default=list(PEAK_SIZES), metavar="N",
                    help=f"square matmul sizes the peak FLOP/s is the best of (default {' '.join(map(str, PEAK_SIZES))})")
     p.add_argument("--phase", choices=["train", "predict"], help=argparse.SUPPRESS)
@@ -206,6 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.out:
         check_output_path(args.out, "--out")
     data_label = args.data or "a generated demo set"
+    args.pinned = [] if args.as_configured else equal_work_overrides(args.config, args.overrides)
     peak = measure_peak(args)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         args.data = args.data or str(make_demo_data(Path(tmp) / "demo"))
@@ -216,11 +261,13 @@ def main(argv: list[str] | None = None) -> None:
             row = {**run_phase(args, engine, "train", run_dir), **run_phase(args, engine, "predict", run_dir)}
             results[engine] = add_fractions(row, peak["flop_per_s"])
     skipped = {name: reason for name, (ok, reason) in engines.items() if not ok}
-    print(f"config {args.config}, data {data_label}, {args.iters} iterations, {args.images} images")
+    print(f"config {args.config}, data {data_label}, {args.iters} iterations, {args.images} images, "
+          + (f"equal work: {' '.join(args.pinned)}" if args.pinned else "as configured"))
     print(format_table(results, skipped))
     print(format_compute_table(results, peak))
     if args.out:
-        write_json(args.out, {"config": args.config, "iters": args.iters, "images": args.images, "peak": peak,
+        write_json(args.out, {"config": args.config, "iters": args.iters, "images": args.images,
+                              "equal_work": args.pinned, "overrides": args.overrides, "peak": peak,
                               "results": results, "not_available": skipped}, indent=2)
         print(f"wrote {args.out}")
 

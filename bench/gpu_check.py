@@ -6,7 +6,9 @@ iteration, inference seconds per image, peak GPU memory (torch.cuda.max_memory_a
 FLOPs and the fraction of this GPU's measured matmul peak in the matching dtype, all measured by
 bench/bench_engines.py's own functions, each phase in its own child process. The config is
 configs/homework.yaml (R50-FPN, 640-800 px, batch 2) with random init (MODEL.WEIGHTS "": no
-downloads; the engines then train BN and every stage) and no evaluation. The torchvision engine's
+downloads; the engines then train BN and every stage), no evaluation, and the benchmark's equal-work
+settings (bench_engines.py: one training size, RPN and test NMS off, score threshold 0, so every engine
+and precision does the same work per iteration and image). The torchvision engine's
 models are always channels-last; the detectron2 engine has no channels-last option.
 
     python bench/gpu_check.py                           # a generated demo set (images upscaled to 640-800 px)
@@ -120,8 +122,10 @@ def run_overrides(args: argparse.Namespace, num_classes: int, amp: bool) -> list
 def run_one(args: argparse.Namespace, engine: str, precision: str, root: Path, num_classes: int, run_dir: Path,
             peaks: dict) -> dict:
     """Train and predict with one engine at one precision (bench_engines' phases); its row."""
+    overrides = run_overrides(args, num_classes, precision == "amp")
     phase_args = argparse.Namespace(config=str(CONFIG), data=str(root), iters=args.iters, images=args.images,
-                                    overrides=run_overrides(args, num_classes, precision == "amp"))
+                                    overrides=overrides,
+                                    pinned=bench_engines.equal_work_overrides(str(CONFIG), overrides))
     row = {"engine": engine, "precision": precision, "channels_last": CHANNELS_LAST.get(engine, "unknown")}
     try:
         for phase in ("train", "predict"):

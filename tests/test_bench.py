@@ -51,8 +51,29 @@ def test_bench_runs_every_available_engine_and_writes_its_numbers(project_root, 
             assert row[f"{phase}_fraction_of_peak"] == pytest.approx(row[f"{phase}_flop_per_s"] / peak["flop_per_s"])
             assert 0 < row[f"{phase}_fraction_of_peak"] < FRACTION_BOUND
     assert set(result["not_available"]) == set(available_engines()) - ran
+    assert result["equal_work"][:2] == ["INPUT.MIN_SIZE_TRAIN", "(96,)"]  # the equal-work settings, by default
+    assert result["overrides"] == overrides
     assert "train s/iter" in done.stdout and "torchvision" in done.stdout
     assert "train of peak" in done.stdout and "GFLOP/s: best float32 matmul" in done.stdout
+
+
+def test_equal_work_settings_pin_sizes_proposals_and_detections(project_root):
+    from helpers.config import load_config
+
+    bench = _bench_module(project_root)
+    homework = str(project_root / "configs" / "homework.yaml")
+    pins = bench.equal_work_overrides(homework, ["MODEL.WEIGHTS", ""])
+    cfg = load_config(homework, ["MODEL.WEIGHTS", "", *pins])  # valid settings
+    assert cfg["INPUT.MIN_SIZE_TRAIN"] == [800]  # the largest of 640..800
+    assert cfg["MODEL.RPN.NMS_THRESH"] == cfg["MODEL.ROI_HEADS.NMS_THRESH_TEST"] == 1.0
+    assert cfg["MODEL.ROI_HEADS.SCORE_THRESH_TEST"] == 0.0
+    assert cfg["MODEL.PIXEL_STD"] == [57.375, 57.12, 58.395]  # random init only
+    assert "MODEL.PIXEL_STD" not in bench.equal_work_overrides(homework, [])  # ImageNet weights keep their std
+    # an engine is not given a key it does not support (torchvision normalises its own way, picks sizes by choice)
+    kept = dict(zip(pins[::2], pins[1::2]))
+    del kept["MODEL.PIXEL_STD"], kept["INPUT.MIN_SIZE_TRAIN_SAMPLING"]
+    assert bench.engine_pins("torchvision", pins) == [item for pair in kept.items() for item in pair]
+    assert bench.engine_pins("detectron2", pins) == pins
 
 
 def test_table_gives_each_engine_its_ratio_to_the_first(project_root):
