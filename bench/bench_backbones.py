@@ -29,7 +29,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 from bench.bench_engines import cli  # noqa: E402
 from bench.flops import count_flops  # noqa: E402
-from bench.profile_engines import DEFAULT_DATA, make_run  # noqa: E402
+from bench.profile_engines import DEFAULT_DATA, check_run_args, engines_to_run, make_run  # noqa: E402
 
 BACKBONES = {
     "R50": PROJECT_ROOT / "configs" / "homework.yaml",
@@ -108,15 +108,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every run")
     args = p.parse_args(argv)
-    if args.min_size < 32:
-        p.error("--min-size must be at least 32")
-    if args.iters < 1 or args.images < 1 or args.warmup < 0:
-        p.error("--iters and --images must be at least 1, --warmup at least 0")
+    check_run_args(p, args)
     unknown = sorted(set(args.backbones) - set(BACKBONES))
     if unknown:
         p.error(f"--backbones {' '.join(unknown)}: unknown; choose from {' '.join(BACKBONES)}")
-    if len(args.overrides) % 2:
-        p.error("config overrides come in KEY VALUE pairs")
     return args
 
 
@@ -125,17 +120,13 @@ def main(argv: list[str] | None = None) -> None:
 
     from helpers import data, experiment
     from helpers.config import load_config
-    from helpers.engines import available_engines, get_engine
     from helpers.io import check_output_path, write_json
 
     args = parse_args(argv)
     if args.out:
         check_output_path(args.out, "--out")
     experiment.resolve_data_root(load_config(BACKBONES["R50"]), args.data)  # no pascal_train.json: one error line
-    engines = available_engines()
-    names = args.engines or [name for name, (ok, _) in engines.items() if ok]
-    for name in names:
-        get_engine(name)
+    names, engines = engines_to_run(args.engines)
     arrays = [data.read_image(path) for _, path in experiment.images_to_predict(Path(args.data) / data.TEST_JSON)[0]
               [: args.images + 1]]
     with tempfile.TemporaryDirectory(prefix="backbones-") as tmp:

@@ -340,17 +340,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every engine")
     args = p.parse_args(argv)
+    check_run_args(p, args)
+    if not 0 <= args.score_thresh <= 1:
+        p.error("--score-thresh must be within 0..1")
+    return args
+
+
+def check_run_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The arguments this script and bench_backbones.py share: --min-size, --iters, --warmup, --images and
+    the KEY VALUE overrides; a bad one is argparse's usage error."""
     if args.min_size < 32:
         p.error("--min-size must be at least 32")
     if args.iters < 1 or args.images < 1:
         p.error("--iters and --images must be at least 1")
     if args.warmup < 0:
         p.error("--warmup must not be negative")
-    if not 0 <= args.score_thresh <= 1:
-        p.error("--score-thresh must be within 0..1")
     if len(args.overrides) % 2:
         p.error("config overrides come in KEY VALUE pairs")
-    return args
+
+
+def engines_to_run(requested: list[str] | None) -> tuple[list[str], dict[str, tuple[bool, str]]]:
+    """The engines asked for (default: every available one), each checked to import, before any work
+    (an unknown or missing one is one error line); and every engine's availability."""
+    from helpers.engines import available_engines, get_engine
+
+    engines = available_engines()
+    names = requested or [name for name, (ok, _) in engines.items() if ok]
+    for name in names:
+        get_engine(name)
+    return names, engines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -358,7 +376,6 @@ def main(argv: list[str] | None = None) -> None:
 
     from helpers import experiment
     from helpers.config import load_config
-    from helpers.engines import available_engines, get_engine
     from helpers.errors import DataError
     from helpers.io import check_output_path, write_json
 
@@ -368,10 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     if not Path(args.config).is_file():
         raise DataError(f"--config {args.config}: no such file")
     experiment.resolve_data_root(load_config(args.config), args.data)  # no pascal_train.json: one error line
-    engines = available_engines()
-    names = args.engines or [name for name, (ok, _) in engines.items() if ok]
-    for name in names:
-        get_engine(name)  # unknown or not importable: one error line, before any work
+    names, engines = engines_to_run(args.engines)
     with tempfile.TemporaryDirectory(prefix="profile-") as tmp:
         results = profile_engines(names, args, Path(tmp))
     skipped = {name: reason for name, (ok, reason) in engines.items() if not ok and args.engines is None}
