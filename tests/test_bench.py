@@ -250,3 +250,10 @@ def test_bench_backbones_refuses_bad_arguments(project_root):
         with pytest.raises(SystemExit) as exc:
             backbones.parse_args(argv)
         assert exc.value.code == 2
+
+
+def test_try_compile_refuses_bad_arguments(project_root):
+    for argv in (["--iters", "3"], ["--min-size", "8"]):
+        done = subprocess.run([sys.executable, "bench/try_compile.py", *argv], cwd=project_root, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 2 and "--iters must be above 3" in done.stderr, argv
