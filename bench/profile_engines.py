@@ -16,7 +16,9 @@ Every op's self CPU time goes to the pipeline stage it ran in:
 Times are ms per training iteration and per predicted image (the mean over the profiled ones, after
 --warmup uncounted iterations and one uncounted image). The predictor runs at --score-thresh
 (default 0: every image sends TEST.DETECTIONS_PER_IMAGE boxes to the mask head and the paste, as a
-trained model does at most; a random-init model would send none at the config's threshold).
+trained model does at most; a random-init model would send none at the config's threshold). Both engines
+get the benchmark's equal-work settings (bench_engines.py: RPN and test NMS off, ImageNet pixel std under
+random init), so their stages see the same numbers of proposals and detections.
 
     python bench/profile_engines.py --data ../shared/tinyvoc --min-size 512 --out profile.json
 """
@@ -33,7 +35,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from bench.bench_engines import cli  # noqa: E402
+from bench.bench_engines import cli, engine_pins, equal_work_overrides  # noqa: E402
 
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "homework.yaml"
 DEFAULT_DATA = PROJECT_ROOT.parent / "shared" / "tinyvoc"
@@ -234,8 +236,11 @@ def make_run(engine: str, args: argparse.Namespace, tmp: Path) -> Path:
 
     run_dir = tmp / engine
     size = str(args.min_size)
-    overrides = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TRAIN", f"({size},)",
-                 "INPUT.MIN_SIZE_TEST", size, "DATALOADER.NUM_WORKERS", "0", *args.overrides]
+    base = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"]
+    # the benchmark's equal-work settings (bench_engines.py), then this script's own size and loading
+    pins = engine_pins(engine, equal_work_overrides(args.config, [*base, *args.overrides]))
+    overrides = [*base, *pins, "INPUT.MIN_SIZE_TRAIN", f"({size},)", "INPUT.MIN_SIZE_TEST", size,
+                 "DATALOADER.NUM_WORKERS", "0", *args.overrides]
     schedule = ["SOLVER.MAX_ITER", "1", "TEST.EVAL_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD", "1"]
     experiment.train(args.config, [*overrides, *schedule], engine=engine, data_root=args.data, run_dir=run_dir,
                      progress=False, match_num_classes=True)
