@@ -57,7 +57,7 @@ class _InputTransform(GeneralizedRCNNTransform):
     def postprocess(self, result: list[dict], image_shapes: list[tuple[int, int]],
                     original_image_sizes: list[tuple[int, int]]) -> list[dict]:
         """torchvision's postprocess (boxes and masks into the original image) with the masks pasted by
-        torchvision_paste: the same pixels, one allocation per image instead of one per detection."""
+        .paste: the same pixels, one allocation per image instead of one per detection."""
         if self.training:
             return result
         for pred, size, original in zip(result, image_shapes, original_image_sizes):

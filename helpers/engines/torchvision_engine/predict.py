@@ -33,17 +33,15 @@ def fold_norms(module: nn.Module) -> nn.Module:
         raise ValueError("fold_norms needs a model in eval mode")
     for child in module.children():
         fold_norms(child)
-    names = dict(module.named_children())
+    names = [name for name, _ in module.named_children()]
     pairs = [(name, "bn" + name[4:]) for name in names if name.startswith("conv")]
     if isinstance(module, nn.Sequential):
-        order = list(names)
-        pairs += list(zip(order, order[1:]))
+        pairs += list(zip(names, names[1:]))
     for conv_name, norm_name in pairs:
-        conv, norm = names.get(conv_name), names.get(norm_name)
+        conv, norm = getattr(module, conv_name, None), getattr(module, norm_name, None)
         if type(conv) is nn.Conv2d and isinstance(norm, FOLDABLE_NORMS):
             setattr(module, conv_name, fuse_conv_bn_eval(conv, norm))
             setattr(module, norm_name, nn.Identity())
-            names[conv_name], names[norm_name] = getattr(module, conv_name), nn.Identity()
     return module
 
 
