@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import data, runs
+from . import cpu_memory, data, runs
 from .config import Config, load_config
 from .errors import DataError, EngineError
 from .io import check_output_dir, check_output_path
@@ -149,6 +149,7 @@ def train(
         runs.write_run_info(run_dir, engine=engine, data_root=cfg["DATASETS.ROOT"], train_split=str(splits.train),
                             val_split=str(splits.val), status="training", error=None)
     _wait_for_rank0()
+    cpu_memory.keep_freed_memory(cfg["MODEL.DEVICE"])
     try:
         final = module.train(cfg, splits, run_dir, resume=resume, progress=progress)
         if main:
@@ -206,6 +207,7 @@ def load_predictor(run_dir: str | Path, checkpoint: str = "best", score_thresh: 
 
     cfg, info, categories = run_for_inference(run_dir, score_thresh, device, tta)
     module = get_engine(info["engine"])
+    cpu_memory.keep_freed_memory(cfg["MODEL.DEVICE"])
     predictor = module.load_predictor(cfg, runs.resolve_checkpoint(Path(run_dir), checkpoint), categories)
     predictor.swap_channels = swap_channels
     return predictor
