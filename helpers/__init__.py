@@ -12,6 +12,7 @@ One job per module, in pipeline order:
     schedule      the learning-rate schedule (warm-up and steps) from the config alone
     engines       the seam: detectron2 and torchvision behind one small interface
     experiment    one run end to end: resolve, train, predict, evaluate
+    cpu_memory    on a CPU, keep freed memory for reuse (glibc mallopt) instead of page-faulting it back
     progress      the live bar and the plain progress lines (Jupyter and logs)
     runs          what a run folder holds (checkpoints, metrics log) and how to read it
     instances     the per-image predictions both engines return
