@@ -17,12 +17,13 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
-from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
+from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ...config import IMAGENET, Config
 from ...errors import ConfigError
 from .paste import paste_masks
+from .roi_align import ThreadedMultiScaleRoIAlign
 from .weights import _imagenet_state, _imagenet_weights, _load_weights, _resnet_name
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def build_model(cfg: Config, num_classes: int, load_weights: bool = True) -> Mas
         rpn_bg_iou_thresh=rpn_bg,
         rpn_batch_size_per_image=cfg["MODEL.RPN.BATCH_SIZE_PER_IMAGE"],
         rpn_positive_fraction=cfg["MODEL.RPN.POSITIVE_FRACTION"],
-        box_roi_pool=MultiScaleRoIAlign(FEATURE_NAMES, box_res, POOLER_SAMPLING_RATIO),
+        box_roi_pool=ThreadedMultiScaleRoIAlign(FEATURE_NAMES, box_res, POOLER_SAMPLING_RATIO),
         box_head=box_head,
         box_predictor=_BoxPredictor(box_dim, num_classes + 1, cfg["MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG"]),
         box_score_thresh=cfg["MODEL.ROI_HEADS.SCORE_THRESH_TEST"],
@@ -109,7 +110,7 @@ def build_model(cfg: Config, num_classes: int, load_weights: bool = True) -> Mas
         box_bg_iou_thresh=roi_iou,
         box_batch_size_per_image=cfg["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE"],
         box_positive_fraction=cfg["MODEL.ROI_HEADS.POSITIVE_FRACTION"],
-        mask_roi_pool=MultiScaleRoIAlign(FEATURE_NAMES, mask_res, POOLER_SAMPLING_RATIO),
+        mask_roi_pool=ThreadedMultiScaleRoIAlign(FEATURE_NAMES, mask_res, POOLER_SAMPLING_RATIO),
         mask_head=MaskRCNNHeads(channels, [conv_dim] * cfg["MODEL.ROI_MASK_HEAD.NUM_CONV"], 1,
                                 norm_layer=_head_norm(cfg["MODEL.ROI_MASK_HEAD.NORM"])),
         mask_predictor=_MaskPredictor(conv_dim, num_classes + 1, cfg["MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK"]),

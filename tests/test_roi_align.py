@@ -1,0 +1,79 @@
+"""The threaded multi-level RoIAlign gives torchvision's MultiScaleRoIAlign results, forward and backward."""
+
+import pytest
+import torch
+from torchvision.ops import MultiScaleRoIAlign
+
+from helpers.engines.torchvision_engine import roi_align as tv_roi
+
+NAMES = ["0", "1", "2", "3"]
+IMAGE = (512, 640)
+
+
+def _features(batch: int, channels_last: bool) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    feats = {n: torch.randn(batch, 8, IMAGE[0] // 2 ** (i + 2), IMAGE[1] // 2 ** (i + 2), generator=g)
+             for i, n in enumerate(NAMES)}
+    if channels_last:
+        feats = {n: f.contiguous(memory_format=torch.channels_last) for n, f in feats.items()}
+    return feats
+
+
+def _boxes(batch: int, n: int) -> list[torch.Tensor]:
+    """Boxes of every size (so every level gets some), a few degenerate and a few over the border."""
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(batch):
+        xy = torch.rand(n, 2, generator=g) * torch.tensor([IMAGE[1], IMAGE[0]])
+        wh = torch.rand(n, 2, generator=g) ** 2 * torch.tensor([IMAGE[1], IMAGE[0]]) * 1.2
+        wh[:3] = 0  # degenerate
+        out.append(torch.cat([xy, xy + wh], 1))
+    return out
+
+
+def _run(pooler, feats, boxes):
+    feats = {k: v.detach().clone().requires_grad_(True) for k, v in feats.items()}
+    out = pooler(feats, boxes, [IMAGE] * len(boxes))
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    (out * weights).sum().backward()
+    return out.detach(), [feats[n].grad for n in NAMES]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("batch,threads,exact_grad", [(2, 2, True), (3, 2, True), (1, 2, False), (2, 3, False)])
+def test_same_as_torchvision(batch, threads, exact_grad, channels_last, monkeypatch):
+    monkeypatch.setattr(tv_roi, "_threads", lambda: threads)
+    feats, boxes = _features(batch, channels_last), _boxes(batch, 60)
+    ref_out, ref_grads = _run(MultiScaleRoIAlign(NAMES, (7, 5), 0), feats, boxes)
+    calls = []
+    real = tv_roi._ThreadedRoIAlign.apply
+    monkeypatch.setattr(tv_roi._ThreadedRoIAlign, "apply", lambda *a: calls.append(len(a[1])) or real(*a))
+    out, grads = _run(tv_roi.ThreadedMultiScaleRoIAlign(NAMES, (7, 5), 0), feats, boxes)
+    assert len(calls) == 4 and sum(calls) == 60 * batch  # the threaded path ran, on every level
+    assert torch.equal(out, ref_out)
+    for grad, ref in zip(grads, ref_grads):
+        if exact_grad:
+            assert torch.equal(grad, ref)
+        else:
+            torch.testing.assert_close(grad, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_sampling_ratio_and_no_grad_inference(monkeypatch):
+    monkeypatch.setattr(tv_roi, "_threads", lambda: 2)
+    feats, boxes = _features(1, True), _boxes(1, 100)
+    with torch.inference_mode():
+        ref = MultiScaleRoIAlign(NAMES, 14, 2)(feats, boxes, [IMAGE])
+        out = tv_roi.ThreadedMultiScaleRoIAlign(NAMES, 14, 2)(feats, boxes, [IMAGE])
+    assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("case", ["one thread", "float64"])
+def test_falls_back_to_torchvision(case, monkeypatch):
+    monkeypatch.setattr(tv_roi, "_threads", lambda: 1 if case == "one thread" else 2)
+    monkeypatch.setattr(tv_roi._ThreadedRoIAlign, "apply", lambda *a: pytest.fail("threaded path taken"))
+    feats, boxes = _features(2, False), _boxes(2, 20)
+    if case == "float64":  # any dtype but float32 (autocast's included) goes to torchvision as it is
+        feats = {k: v.double() for k, v in feats.items()}
+        boxes = [b.double() for b in boxes]
+    out = tv_roi.ThreadedMultiScaleRoIAlign(NAMES, 7, 0)(feats, boxes, [IMAGE] * 2)
+    assert torch.equal(out, MultiScaleRoIAlign(NAMES, 7, 0)(feats, boxes, [IMAGE] * 2))
