@@ -77,3 +77,40 @@ def test_falls_back_to_torchvision(case, monkeypatch):
         boxes = [b.double() for b in boxes]
     out = tv_roi.ThreadedMultiScaleRoIAlign(NAMES, 7, 0)(feats, boxes, [IMAGE] * 2)
     assert torch.equal(out, MultiScaleRoIAlign(NAMES, 7, 0)(feats, boxes, [IMAGE] * 2))
+
+
+def test_falls_back_under_cpu_autocast(monkeypatch):
+    """Under bfloat16 autocast torchvision's own autocast rule casts RoIAlign's inputs: it keeps that path."""
+    monkeypatch.setattr(tv_roi, "_threads", lambda: 2)
+    monkeypatch.setattr(tv_roi._ThreadedRoIAlign, "apply", lambda *a: pytest.fail("threaded path taken"))
+    feats, boxes = _features(2, False), _boxes(2, 20)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = tv_roi.ThreadedMultiScaleRoIAlign(NAMES, 7, 0)(feats, boxes, [IMAGE] * 2)
+        ref = MultiScaleRoIAlign(NAMES, 7, 0)(feats, boxes, [IMAGE] * 2)
+    assert torch.equal(out, ref)
+
+
+def _pool_in_child(queue):
+    torch.set_num_threads(1)  # as DataLoader workers do: OpenMP regions hang in a child forked after the parent used them
+    feats, boxes = _features(2, False), _boxes(2, 30)
+    queue.put(tuple(tv_roi.ThreadedMultiScaleRoIAlign(NAMES, 7, 0)(feats, boxes, [IMAGE] * 2).shape))
+
+
+@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(), reason="no fork here")
+def test_a_forked_child_gets_its_own_threads(monkeypatch):
+    """The parent's pool threads do not exist in a forked child (a DataLoader worker, say): it must not wait on them."""
+    import multiprocessing
+
+    monkeypatch.setattr(tv_roi, "_threads", lambda: 2)
+    feats, boxes = _features(2, False), _boxes(2, 30)
+    tv_roi.ThreadedMultiScaleRoIAlign(NAMES, 7, 0)(feats, boxes, [IMAGE] * 2)  # the parent's pool now exists
+    assert tv_roi._executor is not None
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_pool_in_child, args=(queue,))
+    child.start()
+    child.join(120)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung on its parent's RoIAlign threads")
+    assert child.exitcode == 0 and queue.get(timeout=5) == (60, 8, 7, 7)

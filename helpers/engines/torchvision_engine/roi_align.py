@@ -22,6 +22,7 @@ without those helpers, or TorchScript.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 
 import torch
 from torchvision.ops import MultiScaleRoIAlign
@@ -32,6 +33,17 @@ except ImportError:  # pragma: no cover - a torchvision that moved them: plain M
     _setup_scales = None
 
 _executor: concurrent.futures.ThreadPoolExecutor | None = None
+_executor_threads = 0
+
+
+def _forget_executor() -> None:
+    """A forked child has none of its parent's threads: it starts its own pool when it needs one."""
+    global _executor, _executor_threads
+    _executor, _executor_threads = None, 0
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_executor)
 
 
 def _threads() -> int:
@@ -40,12 +52,20 @@ def _threads() -> int:
 
 def _map(fn, items: list) -> list:
     """``fn`` over ``items`` on up to ``_threads()`` worker threads, in order."""
-    global _executor
+    global _executor, _executor_threads
     if len(items) == 1:
         return [fn(items[0])]
-    if _executor is None or _executor._max_workers < _threads():
-        _executor = concurrent.futures.ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="roi_align")
+    if _executor is None or _executor_threads < _threads():
+        _executor_threads = _threads()
+        _executor = concurrent.futures.ThreadPoolExecutor(max_workers=_executor_threads, thread_name_prefix="roi_align")
     return list(_executor.map(fn, items))
+
+
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch before 2.4
+        return torch.is_autocast_cpu_enabled()
 
 
 class _ThreadedRoIAlign(torch.autograd.Function):
@@ -103,7 +123,7 @@ class ThreadedMultiScaleRoIAlign(MultiScaleRoIAlign):
 
     def forward(self, x: dict[str, torch.Tensor], boxes: list[torch.Tensor], image_shapes: list[tuple[int, int]]):
         features = [x[name] for name in self.featmap_names if name in x]
-        if not _threaded(features) or torch.is_autocast_enabled("cpu"):
+        if not _threaded(features) or _cpu_autocast():
             return super().forward(x, boxes, image_shapes)
         features = _filter_input(x, self.featmap_names)
         if self.scales is None or self.map_levels is None:
