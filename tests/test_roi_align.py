@@ -114,3 +114,16 @@ def test_a_forked_child_gets_its_own_threads(monkeypatch):
         child.kill()
         pytest.fail("the forked child hung on its parent's RoIAlign threads")
     assert child.exitcode == 0 and queue.get(timeout=5) == (60, 8, 7, 7)
+
+
+def test_an_image_without_rois_on_a_level(monkeypatch):
+    """Image 1 has only small boxes, so the coarse levels' RoIs all come from image 0; image 2 has none at all."""
+    monkeypatch.setattr(tv_roi, "_threads", lambda: 2)
+    feats = _features(3, True)
+    big, small = _boxes(1, 40)[0], torch.tensor([[10.0, 10, 30, 40], [100, 50, 120, 60]])
+    boxes = [big, small, torch.zeros((0, 4))]
+    ref_out, ref_grads = _run(MultiScaleRoIAlign(NAMES, 7, 0), feats, boxes)
+    out, grads = _run(tv_roi.ThreadedMultiScaleRoIAlign(NAMES, 7, 0), feats, boxes)
+    assert torch.equal(out, ref_out)
+    for grad, ref in zip(grads, ref_grads):
+        assert torch.equal(grad, ref)
