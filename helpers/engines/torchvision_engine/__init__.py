@@ -32,8 +32,8 @@ worker's own random state.
 The package has one job per module, as torchvision's detection references split theirs: ``model`` (the
 builder and the input transform), ``weights`` (ImageNet and checkpoint loading), ``train_data`` (samples),
 ``loop`` (optimizer and the iteration loop), ``device`` (device, DDP, precision), ``predict`` (images to
-Instances), ``paste`` (masks into the image), ``roi_align`` (multi-level RoIAlign on every CPU thread), ``tta`` (test-time augmentation), ``architecture`` and
-``inspection`` (the course's views of the model). This file is the engine's interface (helpers.engines).
+Instances), ``paste`` (masks into the image), ``roi_align`` (multi-level RoIAlign on every CPU thread),
+``tta`` (test-time augmentation), ``architecture`` and ``inspection`` (the course's views of the model). This file is the engine's interface (helpers.engines).
 """
 
 from __future__ import annotations

@@ -90,9 +90,9 @@ class _ThreadedRoIAlign(torch.autograd.Function):
         (batch, channels, fh, fw), (height, width), scale, sampling_ratio, aligned = ctx.args
         grad = grad.contiguous()
 
-        def backward_of(rows, images):
-            return torch.ops.torchvision._roi_align_backward(grad[rows], rois[rows] if images is None else images,
-                                                             scale, height, width, batch if images is None else 1,
+        def gradient(rows, kernel_rois, images):
+            """The features' gradient (``images`` of them) from the RoIs ``rows``, given to the kernel as ``kernel_rois``."""
+            return torch.ops.torchvision._roi_align_backward(grad[rows], kernel_rois, scale, height, width, images,
                                                              channels, fh, fw, sampling_ratio, aligned)
 
         if batch >= _threads():  # one image per task: each fills its own slice, nothing to sum
@@ -102,11 +102,11 @@ class _ThreadedRoIAlign(torch.autograd.Function):
                 rows = torch.nonzero(image_of_roi == b).squeeze(1)
                 own = rois[rows].clone()
                 own[:, 0] = 0  # this image is batch index 0 of a one-image gradient
-                return backward_of(rows, own)
+                return gradient(rows, own, 1)
 
             return torch.cat(_map(one_image, list(range(batch)))), None, None, None, None, None
         rows = [r for r in torch.arange(len(rois), device=rois.device).tensor_split(_threads()) if len(r)]
-        parts = _map(lambda r: backward_of(r, None), rows)
+        parts = _map(lambda r: gradient(r, rois[r], batch), rows)
         total = parts[0]
         for part in parts[1:]:
             total += part
@@ -114,7 +114,7 @@ class _ThreadedRoIAlign(torch.autograd.Function):
 
 
 def _threaded(features: list[torch.Tensor]) -> bool:
-    return (_setup_scales is not None and _threads() > 1 and not torch.jit.is_scripting()
+    return (_threads() > 1 and not torch.jit.is_scripting()
             and all(f.device.type == "cpu" and f.dtype == torch.float32 for f in features))
 
 
@@ -122,10 +122,11 @@ class ThreadedMultiScaleRoIAlign(MultiScaleRoIAlign):
     """torchvision's ``MultiScaleRoIAlign``, same arguments and results, with RoIAlign on every CPU thread."""
 
     def forward(self, x: dict[str, torch.Tensor], boxes: list[torch.Tensor], image_shapes: list[tuple[int, int]]):
-        features = [x[name] for name in self.featmap_names if name in x]
-        if not _threaded(features) or _cpu_autocast():
+        if _setup_scales is None:
             return super().forward(x, boxes, image_shapes)
         features = _filter_input(x, self.featmap_names)
+        if not _threaded(features) or _cpu_autocast():
+            return super().forward(x, boxes, image_shapes)
         if self.scales is None or self.map_levels is None:
             self.scales, self.map_levels = _setup_scales(features, image_shapes, self.canonical_scale,
                                                          self.canonical_level)
