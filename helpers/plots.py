@@ -11,6 +11,7 @@ from typing import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from . import data
 from .evaluate import HEADLINE, metric_label
@@ -126,6 +127,12 @@ def _loss_keys(rows: Sequence[dict]) -> list[str]:
     return sorted({k for r in rows for k in r if k.startswith("loss")})
 
 
+def _iteration_axis(ax) -> None:
+    """An x axis of iterations: whole numbers only (a run evaluated once would otherwise get 13.4, 13.6, ...)."""
+    ax.set_xlabel("iteration")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
 def _plot_val_metrics(ax, rows: Sequence[dict]) -> None:
     """segm / bbox AP and AP50 against iteration, where evaluations were logged."""
     styles = {"segm/AP": ("tab:blue", "-"), "segm/AP50": ("tab:green", "-"),
@@ -139,7 +146,7 @@ def _plot_val_metrics(ax, rows: Sequence[dict]) -> None:
     if not plotted:
         _message(ax, "no validation evaluations logged")
         return
-    ax.set_xlabel("iteration")
+    _iteration_axis(ax)
     ax.set_ylabel("AP (as logged)")
     ax.set_title("Validation AP (solid: masks, dashed: boxes)")
     ax.legend(fontsize=9)
@@ -153,7 +160,7 @@ def _plot_total_loss(ax, rows: Sequence[dict]) -> None:
         _message(ax, "no total_loss logged")
         return
     _plot_raw_and_smooth(ax, x, y, "black", "total loss (smoothed)")
-    ax.set_xlabel("iteration")
+    _iteration_axis(ax)
     ax.set_ylabel("loss")
     ax.legend(fontsize=9)
 
@@ -168,7 +175,7 @@ def _plot_loss_components(ax, rows: Sequence[dict]) -> None:
     palette = plt.get_cmap("tab10")
     for k, key in enumerate(keys):
         _plot_raw_and_smooth(ax, *_series(rows, key), palette(k % 10), key)
-    ax.set_xlabel("iteration")
+    _iteration_axis(ax)
     ax.set_ylabel("loss")
     ax.legend(fontsize=9)
 
@@ -182,7 +189,7 @@ def _plot_learning_rate(ax, rows: Sequence[dict]) -> None:
         return
     ax.plot(x, y, color="tab:purple")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
-    ax.set_xlabel("iteration")
+    _iteration_axis(ax)
     ax.set_ylabel("learning rate")
 
 
@@ -276,7 +283,7 @@ def plot_eval_curves(curves: dict[str, Sequence[dict]], metrics: Sequence[str] =
         if not ax.lines:
             _message(ax, f"no {metric} logged")
             continue
-        ax.set_xlabel("iteration")
+        _iteration_axis(ax)
         ax.set_ylabel(metric_label(metric))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9)

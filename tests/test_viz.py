@@ -312,3 +312,12 @@ def test_browser_widget_rerenders_on_every_control(split, predictions):
 def test_browser_rejects_predictions_outside_the_split(split):
     with pytest.raises(ValueError, match="none of the predicted images"):
         image_browser.browser(split, {999: Instances.empty((H, W))}, NAMES, static=True)
+
+
+def test_iteration_axes_tick_whole_iterations():
+    """A run evaluated once (the demo ablation's) gets iteration ticks like 14, never 13.8 or 14.2."""
+    fig = plots.plot_eval_curves({"a": [{"iteration": 14, "segm/AP": 0.5, "segm/AP50": 0.8}]})
+    fig.canvas.draw()
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
