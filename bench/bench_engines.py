@@ -12,24 +12,32 @@ backward; the mean of the first FLOP_ITERS timed iterations, replayed with the e
 timed images, counted after timing them), each over its measured seconds, against the best dense
 matmul FLOP/s of this device measured in the same run.
 
-Equal work (the default; ``--as-configured`` turns it off). Two engines given the same config do not
-do the same work per iteration or per image: each draws its own training sizes from MIN_SIZE_TRAIN, and
-the number of proposals and detections that reach the box and mask heads depends on each model's own
-(random) weights. On the homework config that made torchvision count 21% more FLOPs per training
-iteration and 30% more per image than detectron2 in the same run (bench/PROFILE.md). So by default the
-benchmark pins the work: one training size (the config's largest), RPN NMS off (every image sends
-exactly POST_NMS_TOPK proposals on), score threshold 0 and test NMS off (exactly DETECTIONS_PER_IMAGE
-detections reach the mask head), and, under random init, the pixel std set to ImageNet's
-(with its default std of 1, meant for MSRA weights, a random-init model's activations are ~58x
-torchvision's and its RPN proposes mostly degenerate boxes, which are dropped: 30-60 proposals instead
-of 1000; torchvision always normalises with ImageNet's). An engine that does not support a key (it builds
-that part its own fixed way: helpers.config.ENGINE_UNSUPPORTED) is not given it. The FLOP counts in the
-second table show whether the work matched. Your own KEY VALUE
-overrides come after these, so they win.
+Equal work (the default; ``--as-configured`` turns it off). Two engines given the same config do not do the
+same work per iteration or per image: each draws its own training sizes from MIN_SIZE_TRAIN, and the number of
+proposals and detections that reach the box and mask heads depends on each model's own (random) weights. On
+the homework config that made torchvision count 21% more FLOPs per training iteration and 30% more per image
+than detectron2 in the same run (bench/PROFILE.md). So by default the benchmark pins the work: one training
+size (the config's largest), RPN NMS off (every image sends exactly POST_NMS_TOPK proposals on), score
+threshold 0 and test NMS off (exactly DETECTIONS_PER_IMAGE detections reach the mask head), the stride of each
+stage's first block in its 3x3 conv (STRIDE_IN_1X1 False, the only way torchvision builds a ResNet; the MSRA
+weights' True puts it in the 1x1 conv, which makes detectron2's first blocks of res3..res5 do a quarter of
+their 1x1 work), and, under random init or stand-in weights (below), the pixel std set to ImageNet's (with its
+default std of 1, meant for MSRA weights, a random-init model's activations are ~58x torchvision's and its RPN
+proposes mostly degenerate boxes, which are dropped: 30-60 proposals instead of 1000; torchvision always
+normalises with ImageNet's). An engine that does not support a key (it builds that part its own fixed way:
+helpers.config.ENGINE_UNSUPPORTED) is not given it. The FLOP counts in the second table show whether the work
+matched. Your own KEY VALUE overrides come after these, so they win.
+
+Stand-in weights (``--stand-in-weights``). The homework trains from ImageNet weights, and with them both
+engines build a FrozenBN backbone with its stem and res2 frozen; random init builds trainable BN with
+nothing frozen, another model with another cost. Where ImageNet weights cannot be downloaded, this
+option gives each engine random weights in its own format with calibrated norm statistics
+(bench/stand_in_weights.py) as MODEL.WEIGHTS, so that both build and train the homework's structure.
 
     python bench/bench_engines.py                       # configs/demo.yaml on a generated demo set
     python bench/bench_engines.py --config configs/homework.yaml --data /path/to/tinyvoc --iters 50
     python bench/bench_engines.py --out bench.json MODEL.DEVICE cpu
+    python bench/bench_engines.py --config configs/homework.yaml --data /path/to/tinyvoc --stand-in-weights MODEL.DEVICE cpu
 """
 
 from __future__ import annotations
@@ -112,7 +120,9 @@ def measure_predict(run_dir: Path, images: Path, count: int) -> dict:
 
 def run_phase(args: argparse.Namespace, engine: str, phase: str, run_dir: Path) -> dict:
     """One phase of one engine in a child process; its JSON result."""
-    overrides = [*engine_pins(engine, args.pinned), *args.overrides]  # the user's own overrides last: they win
+    stand_in = getattr(args, "stand_in", {})  # gpu_check.py passes its own arguments
+    weights = ["MODEL.WEIGHTS", str(stand_in[engine])] if engine in stand_in else []
+    overrides = [*engine_pins(engine, args.pinned), *weights, *args.overrides]  # the user's own overrides last: they win
     command = [sys.executable, str(Path(__file__).resolve()), "--phase", phase, "--engine", engine,
                "--run-dir", str(run_dir), "--config", args.config, "--data", str(args.data),
                "--iters", str(args.iters), "--images", str(args.images), *overrides]
@@ -162,15 +172,16 @@ def format_compute_table(results: dict[str, dict], peak: dict) -> str:
 IMAGENET_PIXEL_STD = "[57.375, 57.12, 58.395]"  # detectron2's pixel std for torchvision-style weights (BGR, 0..255)
 
 
-def equal_work_overrides(config: str, overrides: list[str]) -> list[str]:
-    """The KEY VALUE overrides that give every engine the same work (module docstring: Equal work)."""
+def equal_work_overrides(config: str, overrides: list[str], stand_in: bool = False) -> list[str]:
+    """The KEY VALUE overrides that give every engine the same work (module docstring: Equal work); with
+    ``stand_in`` (weights calibrated for ImageNet-normalised inputs) the pixel std is pinned as under random init."""
     from helpers.config import load_config
 
     cfg = load_config(config, overrides)
     pins = ["INPUT.MIN_SIZE_TRAIN", f"({max(cfg['INPUT.MIN_SIZE_TRAIN'])},)", "INPUT.MIN_SIZE_TRAIN_SAMPLING", "choice",
             "MODEL.RPN.NMS_THRESH", "1.0", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
-            "MODEL.ROI_HEADS.NMS_THRESH_TEST", "1.0"]
-    if cfg["MODEL.WEIGHTS"] == "":
+            "MODEL.ROI_HEADS.NMS_THRESH_TEST", "1.0", "MODEL.RESNETS.STRIDE_IN_1X1", "False"]
+    if cfg["MODEL.WEIGHTS"] == "" or stand_in:
         pins += ["MODEL.PIXEL_STD", IMAGENET_PIXEL_STD]
     return pins
 
@@ -211,6 +222,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     p.add_argument("--as-configured", action="store_true",
                    help="run the config as it is, without the settings that give every engine the same work")
+    p.add_argument("--stand-in-weights", action="store_true",
+                   help="give each engine random backbone weights with calibrated frozen norms as MODEL.WEIGHTS: "
+                        "the homework's FrozenBN structure without downloading ImageNet weights")
     p.add_argument("--peak-sizes", type=int, nargs="+", default=list(PEAK_SIZES), metavar="N",
                    help=f"square matmul sizes the peak FLOP/s is the best of (default {' '.join(map(str, PEAK_SIZES))})")
     p.add_argument("--phase", choices=["train", "predict"], help=argparse.SUPPRESS)
@@ -224,6 +238,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--images must be at least 1")
     if min(args.peak_sizes) < 1:
         p.error("--peak-sizes must be positive")
+    if args.stand_in_weights and "MODEL.WEIGHTS" in args.overrides[::2]:
+        p.error("--stand-in-weights sets MODEL.WEIGHTS: leave MODEL.WEIGHTS out of the overrides")
     return args
 
 
@@ -250,10 +266,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.out:
         check_output_path(args.out, "--out")
     data_label = args.data or "a generated demo set"
-    args.pinned = [] if args.as_configured else equal_work_overrides(args.config, args.overrides)
+    args.pinned = [] if args.as_configured else equal_work_overrides(args.config, args.overrides, args.stand_in_weights)
     peak = measure_peak(args)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         args.data = args.data or str(make_demo_data(Path(tmp) / "demo"))
+        args.stand_in = {}
+        if args.stand_in_weights:
+            from bench.stand_in_weights import write_stand_in_weights
+            from helpers.config import load_config
+
+            args.stand_in = write_stand_in_weights(load_config(args.config, args.overrides), Path(tmp) / "weights")
         engines = available_engines()
         results = {}
         for engine in (name for name, (ok, _) in engines.items() if ok):
@@ -262,12 +284,14 @@ def main(argv: list[str] | None = None) -> None:
             results[engine] = add_fractions(row, peak["flop_per_s"])
     skipped = {name: reason for name, (ok, reason) in engines.items() if not ok}
     print(f"config {args.config}, data {data_label}, {args.iters} iterations, {args.images} images, "
-          + (f"equal work: {' '.join(args.pinned)}" if args.pinned else "as configured"))
+          + (f"equal work: {' '.join(args.pinned)}" if args.pinned else "as configured")
+          + (", stand-in weights (FrozenBN backbone as with ImageNet weights)" if args.stand_in_weights else ""))
     print(format_table(results, skipped))
     print(format_compute_table(results, peak))
     if args.out:
         write_json(args.out, {"config": args.config, "iters": args.iters, "images": args.images,
-                              "equal_work": args.pinned, "overrides": args.overrides, "peak": peak,
+                              "equal_work": args.pinned, "stand_in_weights": args.stand_in_weights,
+                              "overrides": args.overrides, "peak": peak,
                               "results": results, "not_available": skipped}, indent=2)
         print(f"wrote {args.out}")
 

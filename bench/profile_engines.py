@@ -18,7 +18,8 @@ Times are ms per training iteration and per predicted image (the mean over the p
 (default 0: every image sends TEST.DETECTIONS_PER_IMAGE boxes to the mask head and the paste, as a
 trained model does at most; a random-init model would send none at the config's threshold). Both engines
 get the benchmark's equal-work settings (bench_engines.py: RPN and test NMS off, ImageNet pixel std under
-random init), so their stages see the same numbers of proposals and detections.
+random init), so their stages see the same numbers of proposals and detections. --stand-in-weights profiles
+the homework's FrozenBN backbone with its stem and res2 frozen (bench_engines.py: Stand-in weights).
 
     python bench/profile_engines.py --data ../shared/tinyvoc --min-size 512 --out profile.json
 """
@@ -230,15 +231,17 @@ def summarize(calls: list[tuple[dict[str, float], dict[str, float]]]) -> dict:
 
 
 def make_run(engine: str, args: argparse.Namespace, tmp: Path) -> Path:
-    """A run folder of ``engine`` trained for one iteration from random init (the weights the
-    predictor loads; its config and split are what ``training_steps`` replays)."""
+    """A run folder of ``engine`` trained for one iteration from random init, or from the stand-in weights
+    in ``args.stand_in`` (the weights the predictor loads; its config and split are what ``training_steps``
+    replays)."""
     from helpers import experiment
 
     run_dir = tmp / engine
     size = str(args.min_size)
-    base = ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"]
+    weights = str(args.stand_in[engine]) if getattr(args, "stand_in", None) else ""
+    base = ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu"]
     # the benchmark's equal-work settings (bench_engines.py), then this script's own size and loading
-    pins = engine_pins(engine, equal_work_overrides(args.config, [*base, *args.overrides]))
+    pins = engine_pins(engine, equal_work_overrides(args.config, [*base, *args.overrides], bool(weights)))
     overrides = [*base, *pins, "INPUT.MIN_SIZE_TRAIN", f"({size},)", "INPUT.MIN_SIZE_TEST", size,
                  "DATALOADER.NUM_WORKERS", "0", *args.overrides]
     schedule = ["SOLVER.MAX_ITER", "1", "TEST.EVAL_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD", "1"]
@@ -254,6 +257,11 @@ def profile_engines(names: list[str], args: argparse.Namespace, tmp: Path) -> di
     from helpers.data import SplitPaths
     from helpers.engines import get_engine
 
+    if args.stand_in_weights:
+        from bench.stand_in_weights import write_stand_in_weights
+        from helpers.config import load_config
+
+        args.stand_in = write_stand_in_weights(load_config(args.config, args.overrides), tmp / "weights")
     runs = {name: make_run(name, args, tmp) for name in names}
     results: dict[str, dict] = {name: {} for name in names}
     hooks = {name: StageHooks(name).__enter__() for name in names}
@@ -343,6 +351,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--score-thresh", type=float, default=0.0, help="the predictor's score threshold (default 0)")
     p.add_argument("--engines", nargs="+", default=None, help="engines to profile (default: every available one)")
     p.add_argument("--out", default=None, help="also write the results as JSON here")
+    p.add_argument("--stand-in-weights", action="store_true",
+                   help="the homework's FrozenBN structure: stand-in backbone weights (bench_engines.py) instead of random init")
     p.add_argument("overrides", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every engine")
     args = p.parse_args(argv)
     check_run_args(p, args)
@@ -396,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
     skipped = {name: reason for name, (ok, reason) in engines.items() if not ok and args.engines is None}
     print(f"config {args.config}, data {args.data}, min size {args.min_size}, {args.iters} training iteration(s) "
           f"after {args.warmup} warm-up, {args.images} prediction(s) after 1 warm-up, score threshold "
-          f"{args.score_thresh}; torch {torch.__version__}, {torch.get_num_threads()} threads; self CPU ms per call")
+          f"{args.score_thresh}{', stand-in weights' if args.stand_in_weights else ''}; torch {torch.__version__}, {torch.get_num_threads()} threads; self CPU ms per call")
     for phase in ("train", "predict"):
         print(f"\n{phase}\n\n{format_table(results, phase)}\n\ntop ops ({phase})\n\n{format_top_ops(results, phase)}")
     for name, reason in skipped.items():
@@ -404,7 +414,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.out:
         write_json(args.out, {"config": args.config, "data": str(args.data), "min_size": args.min_size,
                               "iters": args.iters, "warmup": args.warmup, "images": args.images,
-                              "score_thresh": args.score_thresh, "torch": torch.__version__,
+                              "score_thresh": args.score_thresh, "stand_in_weights": args.stand_in_weights,
+                              "torch": torch.__version__,
                               "threads": torch.get_num_threads(), "results": results, "not_available": skipped},
                    indent=2)
         print(f"wrote {args.out}")

@@ -18,6 +18,7 @@ from ...errors import EngineError
 from ...schedule import learning_rate
 from .. import base
 from .device import _amp_dtype, _autocast, _Dist, _to_device
+from .frozen_norm import fold_frozen_norms
 from .model import NORM_TYPES, build_model
 from .predict import _predictor
 from .train_data import _collate, _TrainImages
@@ -93,7 +94,7 @@ class _Trainer:
         self.model = build_model(self.cfg, len(self.split.categories), load_weights=checkpoint is None)
         if self.cfg["MODEL.RESNETS.NORM"] == "SyncBN" and self.ctx.world > 1:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.model = _to_device(self.model, self.ctx.device)
+        self.model = _to_device(fold_frozen_norms(self.model), self.ctx.device)  # same keys, fewer passes
         self.optimizer = _optimizer(self.cfg, self.model)
         self.scaler = torch.amp.GradScaler(self.ctx.device.type, enabled=self.amp == torch.float16)
         start = self._restore(checkpoint) if checkpoint else 0
