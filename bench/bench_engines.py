@@ -21,12 +21,14 @@ size (the config's largest), RPN NMS off (every image sends exactly POST_NMS_TOP
 threshold 0 and test NMS off (exactly DETECTIONS_PER_IMAGE detections reach the mask head), the stride of each
 stage's first block in its 3x3 conv (STRIDE_IN_1X1 False, the only way torchvision builds a ResNet; the MSRA
 weights' True puts it in the 1x1 conv, which makes detectron2's first blocks of res3..res5 do a quarter of
-their 1x1 work), and, under random init or stand-in weights (below), the pixel std set to ImageNet's (with its
-default std of 1, meant for MSRA weights, a random-init model's activations are ~58x torchvision's and its RPN
-proposes mostly degenerate boxes, which are dropped: 30-60 proposals instead of 1000; torchvision always
-normalises with ImageNet's). An engine that does not support a key (it builds that part its own fixed way:
-helpers.config.ENGINE_UNSUPPORTED) is not given it. The FLOP counts in the second table show whether the work
-matched. Your own KEY VALUE overrides come after these, so they win.
+their 1x1 work), RoIAlign at a fixed POOLER_SAMPLES points per bin (the configs' adaptive 0 samples in
+proportion to each RoI's area, so the random proposals' sizes set the cost: 0.57 s against 0.20 s per image
+for the same 1000 RoIs in one profile), and, under random init or stand-in weights (below), the pixel std set
+to ImageNet's (with its default std of 1, meant for MSRA weights, a random-init model's activations are ~58x
+torchvision's and its RPN proposes mostly degenerate boxes, which are dropped: 30-60 proposals instead of
+1000; torchvision always normalises with ImageNet's). An engine that does not support a key (it builds that
+part its own fixed way: helpers.config.ENGINE_UNSUPPORTED) is not given it. The FLOP counts in the second
+table show whether the work matched. Your own KEY VALUE overrides come after these, so they win.
 
 Stand-in weights (``--stand-in-weights``). The homework trains from ImageNet weights, and with them both
 engines build a FrozenBN backbone with its stem and res2 frozen; random init builds trainable BN with
@@ -60,6 +62,7 @@ from bench.flops import PEAK_SIZES, count_flops, matmul_peak, peak_dtype  # noqa
 WARMUP_ITERS = 3  # iterations left out of the training median (allocator, caches, cudnn)
 FLOP_ITERS = 3  # timed iterations whose FLOPs are counted (fewer when fewer were timed)
 RESULT_PREFIX = "BENCH_RESULT "
+POOLER_SAMPLES = 2  # RoIAlign points per bin and axis under equal work (torchvision's own Mask R-CNN uses 2)
 
 
 def peak_memory_mb(device: str) -> float:
@@ -180,7 +183,9 @@ def equal_work_overrides(config: str, overrides: list[str], stand_in: bool = Fal
     cfg = load_config(config, overrides)
     pins = ["INPUT.MIN_SIZE_TRAIN", f"({max(cfg['INPUT.MIN_SIZE_TRAIN'])},)", "INPUT.MIN_SIZE_TRAIN_SAMPLING", "choice",
             "MODEL.RPN.NMS_THRESH", "1.0", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
-            "MODEL.ROI_HEADS.NMS_THRESH_TEST", "1.0", "MODEL.RESNETS.STRIDE_IN_1X1", "False"]
+            "MODEL.ROI_HEADS.NMS_THRESH_TEST", "1.0", "MODEL.RESNETS.STRIDE_IN_1X1", "False",
+            "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", str(POOLER_SAMPLES), "MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO",
+            str(POOLER_SAMPLES)]
     if cfg["MODEL.WEIGHTS"] == "" or stand_in:
         pins += ["MODEL.PIXEL_STD", IMAGENET_PIXEL_STD]
     return pins

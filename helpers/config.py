@@ -83,6 +83,7 @@ DEFAULTS: dict[str, Any] = {
             "NORM": "",
             "CLS_AGNOSTIC_BBOX_REG": False,
             "POOLER_RESOLUTION": 7,
+            "POOLER_SAMPLING_RATIO": 0,
             "POOLER_TYPE": "ROIAlignV2",
         },
         "ROI_MASK_HEAD": {
@@ -91,6 +92,7 @@ DEFAULTS: dict[str, Any] = {
             "NORM": "",
             "CLS_AGNOSTIC_MASK": False,
             "POOLER_RESOLUTION": 14,
+            "POOLER_SAMPLING_RATIO": 0,
             "POOLER_TYPE": "ROIAlignV2",
         },
     },

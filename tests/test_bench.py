@@ -72,6 +72,8 @@ def test_equal_work_settings_pin_sizes_proposals_and_detections(project_root):
     # an engine is not given a key it does not support (torchvision normalises its own way, picks sizes by choice)
     kept = dict(zip(pins[::2], pins[1::2]))
     assert cfg["MODEL.RESNETS.STRIDE_IN_1X1"] is False  # the ResNet torchvision builds
+    # RoIAlign's cost no longer follows each model's random proposals
+    assert cfg["MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO"] == cfg["MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO"] == 2
     del kept["MODEL.PIXEL_STD"], kept["INPUT.MIN_SIZE_TRAIN_SAMPLING"], kept["MODEL.RESNETS.STRIDE_IN_1X1"]
     assert bench.engine_pins("torchvision", pins) == [item for pair in kept.items() for item in pair]
     assert bench.engine_pins("detectron2", pins) == pins

@@ -92,6 +92,14 @@ def test_x101_backbone_keys_land_in_the_detectron2_config_and_build(project_root
 
 
 @needs_detectron2
+def test_pooler_sampling_ratio_keys_land_in_the_detectron2_config(project_root):
+    cfg = d2e.prepare_config(load_config(project_root / "configs" / "homework.yaml", [
+        "MODEL.DEVICE", "cpu", "MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", "2", "MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO", "3"]))
+    node = d2e.detectron2_config(cfg)
+    assert (node.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO, node.MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO) == (2, 3)
+
+
+@needs_detectron2
 def test_config_without_the_model_zoo_is_the_same(project_root, monkeypatch):
     """Where detectron2.model_zoo cannot import (no pkg_resources), the structural keys are set directly."""
     import detectron2

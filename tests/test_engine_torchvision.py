@@ -105,6 +105,16 @@ def test_heads_and_fpn_follow_detectron2_head_keys(project_root):
     assert set(out) == {"boxes", "labels", "scores", "masks"}
 
 
+@pytest.mark.parametrize("box, mask", [(None, None), ("2", "3")])
+def test_pooler_sampling_ratio_keys_reach_both_roialigns(project_root, box, mask):
+    overrides = [] if box is None else ["MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO", box,
+                                        "MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO", mask]
+    cfg = tve.prepare_config(load_config(project_root / "configs" / "homework.yaml", ["MODEL.WEIGHTS", "", *overrides]))
+    heads = tve.build_model(cfg, 20, load_weights=False).roi_heads
+    # detectron2's default 0 is adaptive sampling, as torchvision's 0
+    assert (heads.box_roi_pool.sampling_ratio, heads.mask_roi_pool.sampling_ratio) == (int(box or 0), int(mask or 0))
+
+
 def test_default_heads_are_detectron2s(project_root):
     cfg = tve.prepare_config(load_config(project_root / "configs" / "homework.yaml", ["MODEL.WEIGHTS", ""]))
     model = tve.build_model(cfg, 20, load_weights=False)
@@ -349,3 +359,29 @@ def test_training_steps_replay_the_runs_iterations(reference_run):
     from engine_checks import assert_training_steps_replay
 
     assert_training_steps_replay(tve, reference_run)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_rpn_head_runs_both_1x1_convs_as_one_with_torchvisions_results(channels_last):
+    from torchvision.models.detection.rpn import RPNHead, concat_box_prediction_layers
+
+    from helpers.engines.torchvision_engine.model import _RPNHead
+
+    torch.manual_seed(0)
+    ours, reference = _RPNHead(32, 3), RPNHead(32, 3)
+    reference.load_state_dict(ours.state_dict())  # the same modules and keys: checkpoints load either way
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    features = [torch.randn(2, 32, h, w).contiguous(memory_format=layout) for h, w in ((40, 56), (20, 28), (5, 7))]
+    outputs = {}
+    for name, head in (("ours", ours), ("reference", reference)):
+        logits, deltas = head(features)
+        flat_logits, flat_deltas = concat_box_prediction_layers(logits, deltas)  # what torchvision's RPN does next
+        (flat_logits.square().sum() + flat_deltas.abs().sum()).backward()
+        outputs[name] = (flat_logits, flat_deltas, [p.grad for p in head.parameters()])
+    for got, want in zip(outputs["ours"][:2], outputs["reference"][:2]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for got, want in zip(outputs["ours"][2], outputs["reference"][2]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, deltas = ours(features)
+    assert {t.dtype for t in logits + deltas} == {torch.float32}

@@ -7,10 +7,12 @@ Config keys keep detectron2's meaning (see :mod:`helpers.config`); the mapping i
   resnext101_32x8d; the stride sits in the 3x3 conv, as detectron2's ``STRIDE_IN_1X1 False``) and
   ``RESNETS.NORM`` (FrozenBN, BN, GN = GroupNorm(32), SyncBN = BN converted under DDP);
   ``MODEL.WEIGHTS imagenet`` loads torchvision's own ImageNet weights of that shape; the stem and the first
-  ``BACKBONE.FREEZE_AT - 1`` stages are frozen (their norms become FrozenBN), as in detectron2;
+  ``BACKBONE.FREEZE_AT - 1`` stages are frozen (their norms become FrozenBN), as in detectron2; in training
+  each FrozenBN is computed inside the conv before it (``frozen_norm``), at inference folded into it;
   an FPN of ``FPN.OUT_CHANNELS`` on res2..res5 plus a max-pooled p6 for the RPN.
 - RPN, ROI heads, box head (``NUM_CONV`` convs of ``CONV_DIM``, then ``NUM_FC`` FC layers of
   ``FC_DIM``) and mask head (``NUM_CONV`` convs of ``CONV_DIM``) from ``torchvision.models.detection``,
+  their RoIAlign at ``POOLER_RESOLUTION`` with ``POOLER_SAMPLING_RATIO`` points per bin (0: adaptive),
   each conv followed by its ``NORM`` (none, GN = GroupNorm(32), BN), as is every FPN conv by ``FPN.NORM``; ``NUM_CLASSES + 1`` outputs, label 0 is
   background and labels 1..K are the categories sorted by id.
 - input: RGB floats in 0..1 normalised with torchvision's ImageNet mean/std; one of
@@ -33,6 +35,7 @@ The package has one job per module, as torchvision's detection references split 
 builder and the input transform), ``weights`` (ImageNet and checkpoint loading), ``train_data`` (samples),
 ``loop`` (optimizer and the iteration loop), ``device`` (device, DDP, precision), ``predict`` (images to
 Instances), ``paste`` (masks into the image), ``roi_align`` (multi-level RoIAlign on every CPU thread),
+``frozen_norm`` (frozen norms inside their convs in training),
 ``tta`` (test-time augmentation), ``architecture`` and ``inspection`` (the course's views of the model). This file is the engine's interface (helpers.engines).
 """
 
