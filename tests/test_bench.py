@@ -74,6 +74,7 @@ def test_equal_work_settings_pin_sizes_proposals_and_detections(project_root):
     assert cfg["MODEL.RESNETS.STRIDE_IN_1X1"] is False  # the ResNet torchvision builds
     # RoIAlign's cost no longer follows each model's random proposals
     assert cfg["MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO"] == cfg["MODEL.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO"] == 2
+    assert cfg["MODEL.ROI_HEADS.IOU_THRESHOLDS"] == [0.99]  # the positives are the ground-truth boxes
     del kept["MODEL.PIXEL_STD"], kept["INPUT.MIN_SIZE_TRAIN_SAMPLING"], kept["MODEL.RESNETS.STRIDE_IN_1X1"]
     assert bench.engine_pins("torchvision", pins) == [item for pair in kept.items() for item in pair]
     assert bench.engine_pins("detectron2", pins) == pins
