@@ -26,13 +26,13 @@ proportion to each RoI's area, so the random proposals' sizes set the cost: 0.57
 for the same 1000 RoIs in one profile), foreground RoIs only at an IoU of POSITIVE_IOU with a ground-truth box
 (both engines add the ground-truth boxes to the proposals, so each image's positives are its ground-truth
 boxes in either engine, and the mask head trains on the same RoIs; at the configs' 0.5 the count follows how
-well each random model's proposals happen to overlap the objects: 117 GFLOP more per iteration for torchvision
-in one run), and, under random init or stand-in weights (below), the pixel std set to ImageNet's (with its
-default std of 1, meant for MSRA weights, a random-init model's activations are ~58x torchvision's and its RPN
-proposes mostly degenerate boxes, which are dropped: 30-60 proposals instead of 1000; torchvision always
-normalises with ImageNet's). An engine that does not support a key (it builds that part its own fixed way:
-helpers.config.ENGINE_UNSUPPORTED) is not given it. The FLOP counts in the second table show whether the work
-matched. Your own KEY VALUE overrides come after these, so they win.
+well each random model's proposals happen to overlap the objects, and with them the mask targets' cost: 137
+against 5 ms in one profile), and, under random init or stand-in weights (below), the pixel std set to
+ImageNet's (with its default std of 1, meant for MSRA weights, a random-init model's activations are ~58x
+torchvision's and its RPN proposes mostly degenerate boxes, which are dropped: 30-60 proposals instead of
+1000; torchvision always normalises with ImageNet's). An engine that does not support a key (it builds that
+part its own fixed way: helpers.config.ENGINE_UNSUPPORTED) is not given it. The FLOP counts in the second
+table show whether the work matched. Your own KEY VALUE overrides come after these, so they win.
 
 Denormals. Every phase runs with ``torch.set_flush_denormal(True)``, in every engine: random and stand-in
 weights make some values subnormal, and an x86 CPU computes those far slower. That measured the engines'

@@ -7,8 +7,9 @@ FLOPs and the fraction of this GPU's measured matmul peak in the matching dtype,
 bench/bench_engines.py's own functions, each phase in its own child process. The config is
 configs/homework.yaml (R50-FPN, 640-800 px, batch 2) with random init (MODEL.WEIGHTS "": no
 downloads; the engines then train BN and every stage), no evaluation, and the benchmark's equal-work
-settings (bench_engines.py: one training size, RPN and test NMS off, score threshold 0, so every engine
-and precision does the same work per iteration and image). The torchvision engine's
+settings (bench_engines.py: one training size, RPN and test NMS off, score threshold 0, the same ResNet
+stride, RoIAlign sampling and foreground rule, so every engine and precision does the same work per
+iteration and image). The torchvision engine's
 models are always channels-last; the detectron2 engine has no channels-last option.
 
     python bench/gpu_check.py                           # a generated demo set (images upscaled to 640-800 px)
