@@ -42,9 +42,10 @@ class ConvWithFrozenNorm(nn.Conv2d):
         return self._conv_forward(x, self.weight * scale.reshape(-1, 1, 1, 1), bias)
 
 
-def _pairs(module: nn.Module) -> list[tuple[str, str]]:
-    """(conv, norm) child names as torchvision's ResNet builds them: ``convK`` then ``bnK`` in the stem and
-    blocks, and neighbours in a Sequential (the shortcut's ``downsample``)."""
+def conv_norm_pairs(module: nn.Module) -> list[tuple[str, str]]:
+    """(conv, norm) candidate child names as torchvision builds them: ``convK`` then ``bnK`` in the ResNet stem
+    and blocks, and neighbours in a Sequential (the shortcut's ``downsample``, normed FPN and head convs).
+    The callers check what the names hold."""
     names = [name for name, _ in module.named_children()]
     pairs = [(name, "bn" + name[4:]) for name in names if name.startswith("conv")]
     if isinstance(module, nn.Sequential):
@@ -58,7 +59,7 @@ def fold_frozen_norms(module: nn.Module) -> nn.Module:
     Changes ``module`` in place and returns it."""
     for child in module.children():
         fold_frozen_norms(child)
-    for conv_name, norm_name in _pairs(module):
+    for conv_name, norm_name in conv_norm_pairs(module):
         conv, norm = getattr(module, conv_name, None), getattr(module, norm_name, None)
         if type(conv) is nn.Conv2d and type(norm) is FrozenBatchNorm2d:
             conv.__class__, norm.__class__ = ConvWithFrozenNorm, FoldedFrozenNorm

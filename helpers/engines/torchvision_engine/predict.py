@@ -13,6 +13,7 @@ from ...instances import Instances
 from .. import base
 from . import tta as torchvision_tta
 from .device import _amp_dtype, _autocast
+from .frozen_norm import conv_norm_pairs
 
 MASK_THRESHOLD = 0.5
 FOLDABLE_NORMS = (nn.BatchNorm2d, FrozenBatchNorm2d)  # fixed affine maps at inference: foldable into a conv
@@ -25,7 +26,7 @@ def fold_norms(module: nn.Module) -> nn.Module:
     At inference a BatchNorm or FrozenBatchNorm is a per-channel affine map, so the folded model computes
     the same function (to float rounding) with one pass fewer over every backbone activation: on the
     homework config it was the second-largest op of prediction on a CPU (bench/PROFILE.md). Pairs are
-    found as torchvision builds them: ``convK`` followed by ``bnK`` in the ResNet stem and blocks, and a
+    found as torchvision builds them (``frozen_norm.conv_norm_pairs``): ``convK`` followed by ``bnK`` in the ResNet stem and blocks, and a
     convolution followed by its norm inside a Sequential (the shortcut's ``downsample``, normed FPN and head
     convs). GroupNorm depends on the activations and is left as it is. Changes ``module`` in place.
     """
@@ -33,11 +34,7 @@ def fold_norms(module: nn.Module) -> nn.Module:
         raise ValueError("fold_norms needs a model in eval mode")
     for child in module.children():
         fold_norms(child)
-    names = [name for name, _ in module.named_children()]
-    pairs = [(name, "bn" + name[4:]) for name in names if name.startswith("conv")]
-    if isinstance(module, nn.Sequential):
-        pairs += list(zip(names, names[1:]))
-    for conv_name, norm_name in pairs:
+    for conv_name, norm_name in conv_norm_pairs(module):
         conv, norm = getattr(module, conv_name, None), getattr(module, norm_name, None)
         if type(conv) is nn.Conv2d and isinstance(norm, FOLDABLE_NORMS):
             setattr(module, conv_name, fuse_conv_bn_eval(conv, norm))
