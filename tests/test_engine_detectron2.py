@@ -182,6 +182,29 @@ def test_batches_depend_only_on_the_iteration(project_root, demo_root, tmp_path)
 
 
 @needs_detectron2
+def test_both_engines_batch_the_same_images_whatever_order_the_json_lists(project_root, demo_root, tmp_path):
+    """detectron2 lists a COCO file's images by id, and so does the torchvision engine: iteration k's
+    batch holds the same images in both (the benchmark's training comparison relies on it)."""
+    import json
+
+    from helpers.engines import base
+    from helpers.engines.torchvision_engine import train_data as tv_data
+
+    cfg = tiny_config(project_root)
+    splits = experiment.prepare_split(cfg, demo_root, tmp_path / "split")
+    doc = json.loads(splits.train.read_text())
+    doc["images"] = doc["images"][1::2] + doc["images"][::2]
+    splits.train.write_text(json.dumps(doc))
+    node = d2e.detectron2_config(cfg, splits)
+    d2_batches = iter(d2e.train_loader(node, 0))
+    tv_images = tv_data._TrainImages(data.load_split(splits.train, check_images=False), True, False, 0)
+    for it in range(4):
+        tv_files = [Path(tv_images.records[i][0]).resolve()
+                    for i in base.batch_indices(len(tv_images), node.SOLVER.IMS_PER_BATCH, it, node.SEED)]
+        assert [Path(b["file_name"]).resolve() for b in next(d2_batches)] == tv_files
+
+
+@needs_detectron2
 @pytest.mark.slow
 def test_killed_after_a_checkpoint_resumes_bit_identically(project_root, demo_root, reference_run, tmp_path):
     run_dir = tmp_path / "run"

@@ -385,3 +385,18 @@ def test_rpn_head_runs_both_1x1_convs_as_one_with_torchvisions_results(channels_
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits, deltas = ours(features)
     assert {t.dtype for t in logits + deltas} == {torch.float32}
+
+
+def test_training_images_are_in_id_order_whatever_the_json_lists(demo_root, tmp_path):
+    """detectron2's COCO loader orders images by id; the torchvision engine does too, so the batch of
+    (SEED, iteration) holds the same images in both engines even when the JSON lists them shuffled."""
+    doc = json.loads((demo_root / data.TRAIN_JSON).read_text())
+    doc["images"] = list(reversed(doc["images"]))
+    doc["images"][0], doc["images"][-1] = doc["images"][-1], doc["images"][0]
+    shuffled = tmp_path / "train.json"
+    shuffled.write_text(json.dumps(doc))
+    split = data.load_split(shuffled, demo_root / data.TRAIN_IMAGES, check_images=False)
+    dataset = tv_data._TrainImages(split, True, False, 0)
+    by_id = sorted(split.images, key=lambda img: img["id"])
+    assert [path for path, _ in dataset.records] == [str(split.image_path(img)) for img in by_id]
+    assert [path for path, _ in dataset.records] != [str(split.image_path(img)) for img in split.images]

@@ -16,7 +16,9 @@ class _TrainImages(torch.utils.data.Dataset):
     def __init__(self, split: data.Split, filter_empty: bool, flip: bool, seed: int):
         label = {cat["id"]: i + 1 for i, cat in enumerate(split.categories)}
         self.records = []  # plain data, cheap to send to worker processes
-        for img in split.images:
+        # in image id order, as detectron2's COCO loader lists them: the batch of (SEED, iteration) then
+        # holds the same images in both engines, whatever order the JSON file lists them in
+        for img in sorted(split.images, key=lambda img: img["id"]):
             anns = [(a, label[a["category_id"]]) for a in split.annotations_of(img["id"]) if _usable(a)]
             if anns or not filter_empty:
                 self.records.append((str(split.image_path(img)), anns))
