@@ -32,7 +32,9 @@ ImageNet's (with its default std of 1, meant for MSRA weights, a random-init mod
 torchvision's and its RPN proposes mostly degenerate boxes, which are dropped: 30-60 proposals instead of
 1000; torchvision always normalises with ImageNet's). An engine that does not support a key (it builds that
 part its own fixed way: helpers.config.ENGINE_UNSUPPORTED) is not given it. The FLOP counts in the second
-table show whether the work matched. Your own KEY VALUE overrides come after these, so they win.
+table show whether the work matched (a line under it says where it did not, with the ratio per FLOP). Both engines
+train the same images at each iteration: the same SEED picks the same positions in the split, which both list in image
+id order. Your own KEY VALUE overrides come after these, so they win.
 
 Denormals. Every phase runs with ``torch.set_flush_denormal(True)``, in every engine: random and stand-in
 weights make some values subnormal, and an x86 CPU computes those far slower. That measured the engines'
@@ -95,7 +97,9 @@ def measure_train(engine: str, config: str, data: str, run_dir: Path, iters: int
     cfg, info = experiment.load_run(run_dir)
     # the same iterations for every engine; detectron2 leaves "time" out of its first rows
     times = [row["time"] for row in runs.read_metrics(run_dir) if "time" in row and row["iteration"] >= WARMUP_ITERS]
-    result = {"train_s_per_iter": statistics.median(times), "train_peak_mb": peak_memory_mb(cfg["MODEL.DEVICE"])}
+    result = {"train_s_per_iter": statistics.median(times), "train_peak_mb": peak_memory_mb(cfg["MODEL.DEVICE"]),
+              # the backbone as the engine built it (random init trains BN and every stage: module docstring)
+              "backbone_norm": cfg["MODEL.RESNETS.NORM"], "freeze_at": cfg["MODEL.BACKBONE.FREEZE_AT"]}
     flops = count_train_flops(engine, cfg, SplitPaths(Path(info["train_split"]), Path(info["val_split"])),
                               min(FLOP_ITERS, iters - WARMUP_ITERS))
     mean = statistics.fmean(flops)
@@ -179,7 +183,29 @@ def format_compute_table(results: dict[str, dict], peak: dict) -> str:
              f"{'engine':<{width}}" + "".join(f"{title:>19}" for title, _, _ in columns)]
     for engine, row in results.items():
         lines.append(f"{engine:<{width}}" + "".join(f"{row[key] * scale:>19.3g}" for _, key, scale in columns))
-    return "\n".join(lines)
+    return "\n".join(lines + work_lines(results))
+
+
+WORK_TOLERANCE = 0.02  # FLOP counts further apart than this are not the same work
+
+
+def work_lines(results: dict[str, dict]) -> list[str]:
+    """For each engine after the first: its FLOPs per iteration and per image against the first's, and
+    the first engine's speed per FLOP against its own (the fair ratio where the work differs), with a
+    warning where the FLOP counts differ by more than WORK_TOLERANCE."""
+    names = list(results)
+    first = results[names[0]] if names else {}
+    lines = []
+    for engine in names[1:]:
+        row = results[engine]
+        for phase, flops, unit in (("train", "train_flops_per_iter", "iteration"),
+                                   ("predict", "predict_flops_per_image", "image")):
+            work = row[flops] / first[flops]
+            per_flop = first[f"{phase}_flop_per_s"] / row[f"{phase}_flop_per_s"]
+            warning = ": not the same work, compare per FLOP" if abs(work - 1) > WORK_TOLERANCE else ""
+            lines.append(f"{phase}: {engine} counts {work:.3g}x {names[0]}'s FLOPs per {unit}{warning}; "
+                         f"per FLOP {names[0]} is {per_flop:.3g}x as fast")
+    return lines
 
 
 IMAGENET_PIXEL_STD = "[57.375, 57.12, 58.395]"  # detectron2's pixel std for torchvision-style weights (BGR, 0..255)

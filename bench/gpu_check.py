@@ -5,8 +5,11 @@ each precision (fp32; AMP = SOLVER.AMP.ENABLED, float16 autocast on CUDA): train
 iteration, inference seconds per image, peak GPU memory (torch.cuda.max_memory_allocated, per phase),
 FLOPs and the fraction of this GPU's measured matmul peak in the matching dtype, all measured by
 bench/bench_engines.py's own functions, each phase in its own child process. The config is
-configs/homework.yaml (R50-FPN, 640-800 px, batch 2) with random init (MODEL.WEIGHTS "": no
-downloads; the engines then train BN and every stage), no evaluation, and the benchmark's equal-work
+configs/homework.yaml (R50-FPN, 640-800 px, batch 2) with no ImageNet weights (no
+downloads) and, by default, stand-in backbone weights (bench/stand_in_weights.py: random, with calibrated
+frozen norms, in each engine's format), with which both engines build the model the homework trains: a
+FrozenBN backbone with its stem and res2 frozen. ``--random-init`` trains from MODEL.WEIGHTS "" instead
+(trainable BN, every stage trained). No evaluation, and the benchmark's equal-work
 settings (bench_engines.py: one training size, RPN and test NMS off, score threshold 0, the same ResNet
 stride, RoIAlign sampling and foreground rule, so every engine and precision does the same work per
 iteration and image). The torchvision engine's
@@ -58,6 +61,7 @@ SMOKE_OVERRIDES = {
     "TEST.DETECTIONS_PER_IMAGE": "20", "INPUT.MIN_SIZE_TRAIN": "(96,)", "INPUT.MAX_SIZE_TRAIN": "128",
     "INPUT.MIN_SIZE_TEST": "96", "INPUT.MAX_SIZE_TEST": "128", "DATALOADER.NUM_WORKERS": "0",
 }
+SMOKE_OVERRIDES_LIST = [item for pair in SMOKE_OVERRIDES.items() for item in pair]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=None, help="images to predict per run (default 50; 2 with --smoke)")
     p.add_argument("--engines", nargs="+", default=None, help="engines to run (default: every available one)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes and a few iterations: the mechanics, not numbers")
+    p.add_argument("--random-init", action="store_true",
+                   help="train from random init (trainable BN, nothing frozen) instead of the stand-in weights "
+                        "(the homework's FrozenBN backbone, stem and res2 frozen)")
     p.add_argument("--budget-min", type=float, default=9.0, help="start no new run after this many minutes")
     p.add_argument("--out", default=str(DEFAULT_OUT), help=f"the JSON results (default {DEFAULT_OUT.relative_to(PROJECT_ROOT)})")
     args = p.parse_args(argv)
@@ -112,21 +119,23 @@ def check_inputs(args: argparse.Namespace) -> None:
 
 
 def run_overrides(args: argparse.Namespace, num_classes: int, amp: bool) -> list[str]:
-    """KEY VALUE overrides of homework.yaml for one run: random init, the device, the data's classes,
-    no evaluation (timing only), AMP on or off; plus the smoke sizes."""
-    items = {"MODEL.WEIGHTS": '""', "MODEL.DEVICE": args.device, "MODEL.ROI_HEADS.NUM_CLASSES": str(num_classes),
+    """KEY VALUE overrides of homework.yaml for one run: the device, the data's classes, no evaluation
+    (timing only), AMP on or off, random init with --random-init (else run_phase gives each engine its
+    stand-in weights); plus the smoke sizes."""
+    items = {**({"MODEL.WEIGHTS": '""'} if args.random_init else {}), "MODEL.DEVICE": args.device, "MODEL.ROI_HEADS.NUM_CLASSES": str(num_classes),
              "DATASETS.VAL_FRACTION": "0.0", "SOLVER.AMP.ENABLED": str(amp),
              **(SMOKE_OVERRIDES if args.smoke else {})}
     return [x for kv in items.items() for x in kv]
 
 
 def run_one(args: argparse.Namespace, engine: str, precision: str, root: Path, num_classes: int, run_dir: Path,
-            peaks: dict) -> dict:
-    """Train and predict with one engine at one precision (bench_engines' phases); its row."""
+            peaks: dict, stand_in: dict[str, Path]) -> dict:
+    """Train and predict with one engine at one precision (bench_engines' phases), from ``stand_in``'s
+    weights for it unless --random-init; its row."""
     overrides = run_overrides(args, num_classes, precision == "amp")
     phase_args = argparse.Namespace(config=str(CONFIG), data=str(root), iters=args.iters, images=args.images,
-                                    overrides=overrides,
-                                    pinned=bench_engines.equal_work_overrides(str(CONFIG), overrides))
+                                    overrides=overrides, stand_in=stand_in,
+                                    pinned=bench_engines.equal_work_overrides(str(CONFIG), overrides, bool(stand_in)))
     row = {"engine": engine, "precision": precision, "channels_last": CHANNELS_LAST.get(engine, "unknown")}
     try:
         for phase in ("train", "predict"):
@@ -164,7 +173,9 @@ def main(argv: list[str] | None = None) -> None:
     check_inputs(args)
     import torch
 
+    from bench.stand_in_weights import write_stand_in_weights
     from helpers import data
+    from helpers.config import load_config
     from helpers.demo_data import make_demo_data
     from helpers.engines import available_engines
     from helpers.io import write_json
@@ -183,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         root = Path(args.data).resolve() if args.data else make_demo_data(Path(tmp) / "demo", **(SMOKE_DEMO if args.smoke else {}))
         num_classes = len(data.load_split(root / data.TRAIN_JSON, check_images=False).categories)
+        stand_in = {} if args.random_init else write_stand_in_weights(
+            load_config(CONFIG, SMOKE_OVERRIDES_LIST if args.smoke else []), Path(tmp) / "weights")
         for engine in (name for name, (ok, _) in engines.items() if ok):
             for precision in PRECISIONS:
                 row = {"engine": engine, "precision": precision, "channels_last": CHANNELS_LAST.get(engine, "unknown")}
@@ -193,13 +206,15 @@ def main(argv: list[str] | None = None) -> None:
                     rows.append({**row, "status": f"skipped: --budget-min {args.budget_min:g} used up"})
                 else:
                     print(f"{engine} {precision}: {args.iters} iterations, {args.images} images ...", flush=True)
-                    rows.append(run_one(args, engine, precision, root, num_classes, Path(tmp) / f"{engine}-{precision}", peaks))
+                    rows.append(run_one(args, engine, precision, root, num_classes, Path(tmp) / f"{engine}-{precision}", peaks,
+                                        stand_in))
     elapsed = time.monotonic() - started
     result = {
         "device": torch.cuda.get_device_name(args.device) if device_type == "cuda" else args.device,
         "torch": torch.__version__, "config": str(CONFIG.relative_to(PROJECT_ROOT)), "smoke": args.smoke,
         "data": str(args.data) if args.data else "a generated demo set", "iters": args.iters,
-        "images": args.images, "peaks": peaks, "rows": rows, "not_available": not_available, "elapsed_s": elapsed,
+        "images": args.images, "weights": "random init" if args.random_init else "stand-in (FrozenBN, stem and res2 frozen)",
+        "peaks": peaks, "rows": rows, "not_available": not_available, "elapsed_s": elapsed,
     }
     table = format_markdown(rows, peaks)
     print(table)

@@ -18,7 +18,7 @@ Times are ms per training iteration and per predicted image (the mean over the p
 (default 0: every image sends TEST.DETECTIONS_PER_IMAGE boxes to the mask head and the paste, as a
 trained model does at most; a random-init model would send none at the config's threshold). Both engines
 get the benchmark's equal-work settings (bench_engines.py: RPN and test NMS off, ImageNet pixel std under
-random init), so their stages see the same numbers of proposals and detections. --stand-in-weights profiles
+random init), so their stages see the same numbers of proposals and detections, and denormals are flushed. --stand-in-weights profiles
 the homework's FrozenBN backbone with its stem and res2 frozen (bench_engines.py: Stand-in weights).
 
     python bench/profile_engines.py --data ../shared/tinyvoc --min-size 512 --out profile.json
@@ -397,6 +397,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.out:
         check_output_path(args.out, "--out")
+    torch.set_flush_denormal(True)  # as bench_engines.py measures (its docstring: Equal work)
     if not Path(args.config).is_file():
         raise DataError(f"--config {args.config}: no such file")
     experiment.resolve_data_root(load_config(args.config), args.data)  # no pascal_train.json: one error line

@@ -128,6 +128,20 @@ def test_compute_table_keeps_small_fractions_readable(project_root):
     assert lines[2].split() == ["torchvision", "5.6", "4.4", "0.000412", "0.99", "0.61", "0.0103"]
 
 
+
+def test_compute_table_says_where_the_work_differs_and_the_ratio_per_flop(project_root):
+    bench = _bench_module(project_root)
+    tv = {"train_flops_per_iter": 100e9, "train_flop_per_s": 20e9, "train_fraction_of_peak": 0.5,
+          "predict_flops_per_image": 40e9, "predict_flop_per_s": 16e9, "predict_fraction_of_peak": 0.4}
+    d2 = {**tv, "train_flops_per_iter": 101e9, "train_flop_per_s": 16e9,
+          "predict_flops_per_image": 30e9, "predict_flop_per_s": 10e9}
+    peak = {"flop_per_s": 40e9, "dtype": "float32", "sizes": [2048], "device": "cpu", "threads": 2}
+    lines = bench.format_compute_table({"torchvision": tv, "detectron2": d2}, peak).splitlines()
+    assert lines[-2] == "train: detectron2 counts 1.01x torchvision's FLOPs per iteration; per FLOP torchvision is 1.25x as fast"
+    assert lines[-1] == ("predict: detectron2 counts 0.75x torchvision's FLOPs per image: not the same work, compare per "
+                         "FLOP; per FLOP torchvision is 1.6x as fast")
+    assert bench.format_compute_table({"torchvision": tv}, peak).splitlines()[-1].startswith("torchvision")
+
 def test_bad_peak_sizes_and_images_are_usage_errors(project_root):
     bench = _bench_module(project_root)
     for argv in (["--peak-sizes", "0"], ["--images", "0"]):
@@ -149,6 +163,9 @@ def test_gpu_check_smoke_runs_on_the_cpu_end_to_end(project_root, demo_root, tmp
     fp32, amp = result["rows"]
     assert (fp32["engine"], fp32["precision"], fp32["status"]) == ("torchvision", "fp32", "ok")
     assert fp32["channels_last"].startswith("yes")
+    # by default the stand-in weights: the homework's FrozenBN backbone with its stem and res2 frozen
+    assert (fp32["backbone_norm"], fp32["freeze_at"], amp["backbone_norm"]) == ("FrozenBN", 2, "FrozenBN")
+    assert result["weights"].startswith("stand-in")
     for phase in ("train", "predict"):
         assert fp32[f"{phase}_peak_mb"] > 50 and 0 < fp32[f"{phase}_fraction_of_peak"] < FRACTION_BOUND
     assert 0 < fp32["train_s_per_iter"] < 60 and 0 < fp32["predict_s_per_image"] < 60
@@ -176,6 +193,13 @@ def test_gpu_check_refuses_a_missing_gpu_data_root_or_engine_before_any_work(pro
     with pytest.raises(SystemExit) as exc:
         check.parse_args(["--smoke", "--iters", "3"])
     assert exc.value.code == 2
+
+
+def test_gpu_check_random_init_trains_from_no_weights_and_stand_in_sets_none(project_root):
+    check = _bench_module(project_root, "gpu_check")
+    random_init = check.run_overrides(check.parse_args(["--random-init"]), 20, amp=False)
+    assert random_init[random_init.index("MODEL.WEIGHTS") + 1] == '""'
+    assert "MODEL.WEIGHTS" not in check.run_overrides(check.parse_args([]), 20, amp=True)  # run_phase gives the stand-ins
 
 
 def test_gpu_check_says_a_users_mistake_in_one_error_line(project_root, tmp_path):
