@@ -9,6 +9,8 @@ PROFILE ?= demo
 DATA    ?=
 ENGINE  ?=
 RUN     ?= runs/demo
+CONFIG  ?=
+BENCH_ARGS ?=
 
 RUN_ARGS = --profile $(PROFILE) $(if $(DATA),--data $(DATA)) $(if $(ENGINE),-p engine $(ENGINE))
 
@@ -21,6 +23,7 @@ help:
 	@echo "make run PROFILE=homework DATA=/path/to/tinyvoc   the real run (GPU)"
 	@echo "make report    rebuild report/ from the recorded runs"
 	@echo "make bench     engine benchmark (train s/iter, inference s/img, peak memory, fraction of peak FLOP/s)"
+	@echo "make bench CONFIG=configs/homework.yaml DATA=/path/to/tinyvoc BENCH_ARGS=\"--stand-in-weights MODEL.DEVICE cpu\""
 	@echo "make gpu-check [DATA=/path/to/tinyvoc]   both engines, fp32 vs AMP, on one GPU (under 10 minutes)"
 
 $(STAMP): pyproject.toml
@@ -53,11 +56,12 @@ test: $(STAMP)
 test-browser: $(STAMP)
 	$(VPY) -m pytest -q -m browser
 
+# The demo config on a generated demo set, or CONFIG on DATA; BENCH_ARGS: more options and KEY VALUE overrides.
 bench: $(STAMP)
-	$(VPY) bench/bench_engines.py
+	$(VPY) bench/bench_engines.py $(if $(CONFIG),--config $(CONFIG)) $(if $(DATA),--data $(DATA)) $(BENCH_ARGS)
 
 # One GPU, under 10 minutes: both engines (detectron2 where it imports), fp32 vs AMP, homework config,
-# random init. Writes runs/gpu-check/gpu_check.json and prints a Markdown table.
+# stand-in backbone weights (the homework's FrozenBN structure; --random-init for random init). Writes runs/gpu-check/gpu_check.json and prints a Markdown table.
 gpu-check: $(STAMP)
 	$(VPY) bench/gpu_check.py $(if $(DATA),--data $(DATA))
 

@@ -171,18 +171,20 @@ def add_fractions(row: dict, peak: float) -> dict:
     return {**row, **{f"{phase}_fraction_of_peak": row[f"{phase}_flop_per_s"] / peak for phase in ("train", "predict")}}
 
 
-def format_compute_table(results: dict[str, dict], peak: dict) -> str:
+def format_compute_table(results: dict[str, dict], peaks: dict[str, dict]) -> str:
     """FLOPs, achieved FLOP/s and fraction of the measured matmul peak per engine, as a text table
-    (3 significant digits: a small fraction stays a small number, never 0.00)."""
+    (3 significant digits: a small fraction stays a small number, never 0.00). ``peaks``: the measured
+    peak of each dtype the engines compute in; a row's ``dtype`` (float32 when absent) names its own."""
     columns = [("train GFLOP/iter", "train_flops_per_iter", 1e-9), ("train GFLOP/s", "train_flop_per_s", 1e-9),
                ("train of peak", "train_fraction_of_peak", 1), ("predict GFLOP/img", "predict_flops_per_image", 1e-9),
                ("predict GFLOP/s", "predict_flop_per_s", 1e-9), ("predict of peak", "predict_fraction_of_peak", 1)]
     width = 24
     lines = [f"peak {peak['flop_per_s'] * 1e-9:.4g} GFLOP/s: best {peak['dtype']} matmul of {peak['sizes']}-square "
-             f"matrices on {peak['device']}, {peak['threads']} threads",
-             f"{'engine':<{width}}" + "".join(f"{title:>19}" for title, _, _ in columns)]
+             f"matrices on {peak['device']}, {peak['threads']} threads" for peak in peaks.values()]
+    lines.append(f"{'engine':<{width}}{'dtype':>10}" + "".join(f"{title:>19}" for title, _, _ in columns))
     for engine, row in results.items():
-        lines.append(f"{engine:<{width}}" + "".join(f"{row[key] * scale:>19.3g}" for _, key, scale in columns))
+        lines.append(f"{engine:<{width}}{row.get('dtype', 'float32'):>10}"
+                     + "".join(f"{row[key] * scale:>19.3g}" for _, key, scale in columns))
     return "\n".join(lines + work_lines(results))
 
 
@@ -237,8 +239,15 @@ def engine_pins(engine: str, pins: list[str]) -> list[str]:
     return [item for key, value in pairs if key not in unsupported for item in (key, value)]
 
 
-def measure_peak(args: argparse.Namespace) -> dict:
-    """The dense matmul peak of the device the config trains on, in the dtype it computes in."""
+# where each engine's SOLVER.AMP.ENABLED autocasts (float16 on CUDA, bfloat16 on the CPU); elsewhere it runs in
+# full precision with AMP on. detectron2's AMPTrainer asserts CUDA ("CUDA is required for AMP training"), and its
+# predictor has no autocast, so on a CPU the detectron2 engine trains and predicts in float32.
+ENGINE_AMP_DEVICES = {"torchvision": ("cuda", "cpu"), "detectron2": ("cuda",)}
+
+
+def engine_dtypes(args: argparse.Namespace, engines: list[str]) -> dict[str, str]:
+    """The dtype each engine's convolutions and matmuls run in under the config (bench/flops.py's
+    peak_dtype): float32 (tf32 on CUDA), or autocast's with SOLVER.AMP.ENABLED where the engine autocasts."""
     import torch
 
     from helpers.config import load_config
@@ -248,10 +257,26 @@ def measure_peak(args: argparse.Namespace) -> dict:
     device = cfg["MODEL.DEVICE"]
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise EngineError("MODEL.DEVICE is cuda but CUDA is not available here: pass MODEL.DEVICE cpu to run on the CPU")
-    # both engines autocast on CUDA; on the CPU only the torchvision engine does (bfloat16), so the CPU
-    # peak with AMP on stays the fp32 one that detectron2 runs in
-    amp = bool(cfg["SOLVER.AMP.ENABLED"]) and device.startswith("cuda")
-    return matmul_peak(device, peak_dtype(device, amp), tuple(args.peak_sizes))
+    kind = torch.device(device).type
+    return {engine: peak_dtype(device, bool(cfg["SOLVER.AMP.ENABLED"]) and kind in ENGINE_AMP_DEVICES.get(engine, ()))
+            for engine in engines}
+
+
+def measure_peaks(args: argparse.Namespace, dtypes: dict[str, str]) -> dict[str, dict]:
+    """The dense matmul peak of the config's device in each dtype of ``dtypes`` (engine -> dtype)."""
+    from helpers.config import load_config
+
+    device = load_config(args.config, args.overrides)["MODEL.DEVICE"]
+    return {dtype: matmul_peak(device, dtype, tuple(args.peak_sizes)) for dtype in dict.fromkeys(dtypes.values())}
+
+
+def precision_line(dtypes: dict[str, str]) -> str:
+    """What each engine computes in, and a warning where they differ."""
+    text = ", ".join(f"{engine} in {dtype}" for engine, dtype in dtypes.items())
+    if len(set(dtypes.values())) > 1:
+        text += (": not the same precision (SOLVER.AMP.ENABLED autocasts where an engine can: "
+                 + "; ".join(f"{e} on {', '.join(d)}" for e, d in ENGINE_AMP_DEVICES.items() if e in dtypes) + ")")
+    return f"precision: {text}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -312,7 +337,9 @@ def main(argv: list[str] | None = None) -> None:
         check_output_path(args.out, "--out")
     data_label = args.data or "a generated demo set"
     args.pinned = [] if args.as_configured else equal_work_overrides(args.config, args.overrides, args.stand_in_weights)
-    peak = measure_peak(args)
+    engines = available_engines()
+    dtypes = engine_dtypes(args, [name for name, (ok, _) in engines.items() if ok])
+    peaks = measure_peaks(args, dtypes)
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         args.data = args.data or str(make_demo_data(Path(tmp) / "demo"))
         args.stand_in = {}
@@ -321,22 +348,22 @@ def main(argv: list[str] | None = None) -> None:
             from helpers.config import load_config
 
             args.stand_in = write_stand_in_weights(load_config(args.config, args.overrides), Path(tmp) / "weights")
-        engines = available_engines()
         results = {}
-        for engine in (name for name, (ok, _) in engines.items() if ok):
+        for engine, dtype in dtypes.items():
             run_dir = Path(tmp) / engine
             row = {**run_phase(args, engine, "train", run_dir), **run_phase(args, engine, "predict", run_dir)}
-            results[engine] = add_fractions(row, peak["flop_per_s"])
+            results[engine] = add_fractions({**row, "dtype": dtype}, peaks[dtype]["flop_per_s"])
     skipped = {name: reason for name, (ok, reason) in engines.items() if not ok}
     print(f"config {args.config}, data {data_label}, {args.iters} iterations, {args.images} images, "
           + (f"equal work: {' '.join(args.pinned)}" if args.pinned else "as configured")
           + (", stand-in weights (FrozenBN backbone as with ImageNet weights)" if args.stand_in_weights else ""))
+    print(precision_line(dtypes))
     print(format_table(results, skipped))
-    print(format_compute_table(results, peak))
+    print(format_compute_table(results, peaks))
     if args.out:
         write_json(args.out, {"config": args.config, "iters": args.iters, "images": args.images,
                               "equal_work": args.pinned, "stand_in_weights": args.stand_in_weights,
-                              "overrides": args.overrides, "peak": peak,
+                              "overrides": args.overrides, "peaks": peaks,
                               "results": results, "not_available": skipped}, indent=2)
         print(f"wrote {args.out}")
 

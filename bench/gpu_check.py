@@ -45,7 +45,7 @@ DEFAULT_OUT = PROJECT_ROOT / "runs" / "gpu-check" / "gpu_check.json"
 PRECISIONS = ("fp32", "amp")
 # where each engine autocasts with SOLVER.AMP.ENABLED (float16 on CUDA; the torchvision engine bfloat16 on the CPU);
 # elsewhere it trains in fp32 with AMP on
-AMP_DEVICES = {"torchvision": ("cuda", "cpu"), "detectron2": ("cuda",)}
+AMP_DEVICES = bench_engines.ENGINE_AMP_DEVICES
 CHANNELS_LAST = {"torchvision": "yes (the engine's models are channels-last)",
                  "detectron2": "no (not an option of the detectron2 engine)"}
 # --smoke: a slim model at tiny sizes, a few iterations: the script's mechanics in about a minute on a CPU

@@ -101,3 +101,26 @@ def test_amp_dtype_per_device(project_root):
     off = load_config(project_root / "configs" / "demo.yaml")
     assert tv_device._amp_dtype(on, CPU) == torch.bfloat16 and tv_device._amp_dtype(on, torch.device("cuda")) == torch.float16
     assert tv_device._amp_dtype(off, CPU) is None and tv_device._amp_dtype(off, torch.device("cuda")) is None
+
+
+def test_anchors_stay_float32_under_autocast_at_the_homework_size(project_root):
+    """torchvision makes anchors in the feature maps' dtype: bfloat16 under autocast, which rounds an
+    800x1088 input's coordinates to multiples of up to 8 px. The engine's anchors are float32 and equal
+    to full precision's; torchvision's own generator shows what that guards against."""
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.image_list import ImageList
+
+    cfg = tve.prepare_config(load_config(project_root / "configs" / "demo.yaml", tiny_overrides()))
+    generator = tve.build_model(cfg, 3, load_weights=False).rpn.anchor_generator
+    images = ImageList(torch.zeros(2, 3, 800, 1088), [(800, 1067), (750, 1088)])
+    shapes = [(2, 8, 800 // s, 1088 // s) for s in (4, 8, 16, 32, 64)]
+    full = [torch.zeros(shape) for shape in shapes]
+    half = [torch.zeros(shape, dtype=torch.bfloat16) for shape in shapes]
+    reference = generator(images, full)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = generator(images, half)
+    assert all(m.dtype == torch.float32 and torch.equal(m, r) for m, r in zip(mixed, reference))
+    assert reference[0].abs().max() > 1000  # coordinates where bfloat16 steps by 8
+    stock = AnchorGenerator(generator.sizes, generator.aspect_ratios)
+    assert stock(images, half)[0].dtype == torch.bfloat16
+    assert not torch.equal(stock(images, half)[0].float(), reference[0])

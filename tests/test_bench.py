@@ -27,9 +27,12 @@ def _bench_module(project_root, name="bench_engines"):
     return module
 
 
-def test_bench_runs_every_available_engine_and_writes_its_numbers(project_root, demo_root, tmp_path):
+@pytest.mark.parametrize("amp", [False, True])
+def test_bench_runs_every_available_engine_and_writes_its_numbers(project_root, demo_root, tmp_path, amp):
+    """With SOLVER.AMP.ENABLED on the CPU the torchvision engine computes in bfloat16 (detectron2 in float32:
+    its AMP needs CUDA), and its fraction of peak is against the bfloat16 peak."""
     out = tmp_path / "bench.json"
-    overrides = tiny_overrides(**{"MODEL.DEVICE": "cpu"})
+    overrides = tiny_overrides(**{"MODEL.DEVICE": "cpu", "SOLVER.AMP.ENABLED": str(amp)})
     done = subprocess.run([sys.executable, "bench/bench_engines.py", "--data", str(demo_root), "--iters", "5",
                            "--images", "2", "--peak-sizes", "2048", "--out", str(out), *overrides],
                           cwd=project_root, capture_output=True, text=True, timeout=600)
@@ -37,9 +40,13 @@ def test_bench_runs_every_available_engine_and_writes_its_numbers(project_root, 
     result = json.loads(out.read_text())
     ran = {name for name, (ok, _) in available_engines().items() if ok}
     assert set(result["results"]) == ran and "torchvision" in ran
-    peak = result["peak"]
-    assert peak["flop_per_s"] > 1e8 and (peak["dtype"], peak["device"], peak["size"]) == ("float32", "cpu", 2048)
-    for row in result["results"].values():
+    dtypes = {name: "bfloat16" if amp and name == "torchvision" else "float32" for name in ran}
+    assert set(result["peaks"]) == set(dtypes.values())
+    for dtype, peak in result["peaks"].items():
+        assert peak["flop_per_s"] > 1e8 and (peak["dtype"], peak["device"], peak["size"]) == (dtype, "cpu", 2048)
+    for name, row in result["results"].items():
+        assert row["dtype"] == dtypes[name]
+        peak = result["peaks"][row["dtype"]]
         assert 0 < row["train_s_per_iter"] < 60 and 0 < row["predict_s_per_image"] < 60
         assert row["train_peak_mb"] > 50 and row["predict_peak_mb"] > 50
         assert row["train_flops_iterations"] == [3, 4]  # the timed iterations of 5, after 3 warm-up ones
@@ -54,7 +61,9 @@ def test_bench_runs_every_available_engine_and_writes_its_numbers(project_root, 
     assert result["equal_work"][:2] == ["INPUT.MIN_SIZE_TRAIN", "(96,)"]  # the equal-work settings, by default
     assert result["overrides"] == overrides
     assert "train s/iter" in done.stdout and "torchvision" in done.stdout
-    assert "train of peak" in done.stdout and "GFLOP/s: best float32 matmul" in done.stdout
+    assert "train of peak" in done.stdout and f"GFLOP/s: best {dtypes['torchvision']} matmul" in done.stdout
+    assert f"precision: torchvision in {dtypes['torchvision']}" in done.stdout
+    assert ("not the same precision" in done.stdout) == (len(set(dtypes.values())) > 1)
 
 
 def test_equal_work_settings_pin_sizes_proposals_and_detections(project_root):
@@ -123,9 +132,9 @@ def test_compute_table_keeps_small_fractions_readable(project_root):
     row = {"train_flops_per_iter": 5.6e9, "train_flop_per_s": 4.4e9, "train_fraction_of_peak": 0.000412,
            "predict_flops_per_image": 9.9e8, "predict_flop_per_s": 6.1e8, "predict_fraction_of_peak": 0.0103}
     peak = {"flop_per_s": 8.9e10, "dtype": "float32", "sizes": [2048], "device": "cpu", "threads": 2}
-    lines = bench.format_compute_table({"torchvision": row}, peak).splitlines()
+    lines = bench.format_compute_table({"torchvision": row}, {"float32": peak}).splitlines()
     assert lines[0].startswith("peak 89 GFLOP/s: best float32 matmul")
-    assert lines[2].split() == ["torchvision", "5.6", "4.4", "0.000412", "0.99", "0.61", "0.0103"]
+    assert lines[2].split() == ["torchvision", "float32", "5.6", "4.4", "0.000412", "0.99", "0.61", "0.0103"]
 
 
 
@@ -136,11 +145,36 @@ def test_compute_table_says_where_the_work_differs_and_the_ratio_per_flop(projec
     d2 = {**tv, "train_flops_per_iter": 101e9, "train_flop_per_s": 16e9,
           "predict_flops_per_image": 30e9, "predict_flop_per_s": 10e9}
     peak = {"flop_per_s": 40e9, "dtype": "float32", "sizes": [2048], "device": "cpu", "threads": 2}
-    lines = bench.format_compute_table({"torchvision": tv, "detectron2": d2}, peak).splitlines()
+    lines = bench.format_compute_table({"torchvision": tv, "detectron2": d2}, {"float32": peak}).splitlines()
     assert lines[-2] == "train: detectron2 counts 1.01x torchvision's FLOPs per iteration; per FLOP torchvision is 1.25x as fast"
     assert lines[-1] == ("predict: detectron2 counts 0.75x torchvision's FLOPs per image: not the same work, compare per "
                          "FLOP; per FLOP torchvision is 1.6x as fast")
-    assert bench.format_compute_table({"torchvision": tv}, peak).splitlines()[-1].startswith("torchvision")
+    assert bench.format_compute_table({"torchvision": tv}, {"float32": peak}).splitlines()[-1].startswith("torchvision")
+
+
+def test_amp_on_a_cpu_is_bfloat16_for_torchvision_only_and_the_bench_says_so(project_root):
+    """detectron2's AMPTrainer needs CUDA: with SOLVER.AMP.ENABLED on a CPU only the torchvision engine
+    autocasts (bfloat16); each engine's fraction of peak is against the peak of its own dtype."""
+    bench = _bench_module(project_root)
+    homework = str(project_root / "configs" / "homework.yaml")
+    args = bench.parse_args(["--config", homework, "MODEL.DEVICE", "cpu", "SOLVER.AMP.ENABLED", "True"])
+    dtypes = bench.engine_dtypes(args, ["torchvision", "detectron2"])
+    assert dtypes == {"torchvision": "bfloat16", "detectron2": "float32"}
+    assert bench.precision_line(dtypes).startswith(
+        "precision: torchvision in bfloat16, detectron2 in float32: not the same precision (SOLVER.AMP.ENABLED autocasts")
+    fp32 = bench.parse_args(["--config", homework, "MODEL.DEVICE", "cpu"])
+    assert bench.engine_dtypes(fp32, ["torchvision", "detectron2"]) == {"torchvision": "float32", "detectron2": "float32"}
+    assert bench.precision_line({"torchvision": "float32", "detectron2": "float32"}) == (
+        "precision: torchvision in float32, detectron2 in float32")
+    peaks = {"bfloat16": {"flop_per_s": 4e10, "dtype": "bfloat16", "sizes": [64], "device": "cpu", "threads": 2},
+             "float32": {"flop_per_s": 1e10, "dtype": "float32", "sizes": [64], "device": "cpu", "threads": 2}}
+    row = {"train_flops_per_iter": 1e9, "train_flop_per_s": 2e9, "predict_flops_per_image": 1e9, "predict_flop_per_s": 2e9}
+    tv = bench.add_fractions({**row, "dtype": "bfloat16"}, peaks["bfloat16"]["flop_per_s"])
+    d2 = bench.add_fractions({**row, "dtype": "float32"}, peaks["float32"]["flop_per_s"])
+    lines = bench.format_compute_table({"torchvision": tv, "detectron2": d2}, peaks).splitlines()
+    assert lines[0].startswith("peak 40 GFLOP/s: best bfloat16") and lines[1].startswith("peak 10 GFLOP/s: best float32")
+    assert lines[3].split()[:2] == ["torchvision", "bfloat16"] and lines[3].split()[4] == "0.05"
+    assert lines[4].split()[:2] == ["detectron2", "float32"] and lines[4].split()[4] == "0.2"
 
 def test_bad_peak_sizes_and_images_are_usage_errors(project_root):
     bench = _bench_module(project_root)
@@ -215,7 +249,7 @@ def test_bench_on_a_cuda_config_without_cuda_is_one_error_before_any_work(projec
 
     bench = _bench_module(project_root)
     with pytest.raises(EngineError, match="MODEL.DEVICE is cuda but CUDA is not available"):
-        bench.measure_peak(bench.parse_args(["--config", str(project_root / "configs" / "homework.yaml")]))
+        bench.engine_dtypes(bench.parse_args(["--config", str(project_root / "configs" / "homework.yaml")]), ["torchvision"])
 
 
 def test_profile_engines_splits_training_and_prediction_into_stages(project_root, demo_root, tmp_path, capsys):

@@ -79,15 +79,33 @@ def test_falls_back_to_torchvision(case, monkeypatch):
     assert torch.equal(out, MultiScaleRoIAlign(NAMES, 7, 0)(feats, boxes, [IMAGE] * 2))
 
 
-def test_falls_back_under_cpu_autocast(monkeypatch):
-    """Under bfloat16 autocast torchvision's own autocast rule casts RoIAlign's inputs: it keeps that path."""
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_under_cpu_autocast_same_as_torchvisions_autocast_rule(channels_last, monkeypatch):
+    """Under bfloat16 autocast (bfloat16 features, as the convs give them) the threaded path runs the kernels
+    on float32 copies and casts the rows back, as torchvision's autocast rule for roi_align does: the same
+    output and the same bfloat16 gradients."""
     monkeypatch.setattr(tv_roi, "_threads", lambda: 2)
-    monkeypatch.setattr(tv_roi._ThreadedRoIAlign, "apply", lambda *a: pytest.fail("threaded path taken"))
-    feats, boxes = _features(2, False), _boxes(2, 20)
+    feats = {k: v.bfloat16() for k, v in _features(2, channels_last).items()}
+    boxes = _boxes(2, 40)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = tv_roi.ThreadedMultiScaleRoIAlign(NAMES, 7, 0)(feats, boxes, [IMAGE] * 2)
-        ref = MultiScaleRoIAlign(NAMES, 7, 0)(feats, boxes, [IMAGE] * 2)
-    assert torch.equal(out, ref)
+        ref_out, ref_grads = _run(MultiScaleRoIAlign(NAMES, 7, 2), feats, boxes)
+        calls = []
+        real = tv_roi._ThreadedRoIAlign.apply
+        monkeypatch.setattr(tv_roi._ThreadedRoIAlign, "apply", lambda *a: calls.append(a[0].dtype) or real(*a))
+        out, grads = _run(tv_roi.ThreadedMultiScaleRoIAlign(NAMES, 7, 2), feats, boxes)
+    assert calls and set(calls) == {torch.float32}  # threaded, on float32 copies
+    assert out.dtype == ref_out.dtype == torch.bfloat16 and torch.equal(out, ref_out)
+    for grad, ref in zip(grads, ref_grads):
+        assert grad.dtype == torch.bfloat16 and torch.equal(grad, ref)
+
+
+def test_half_precision_features_take_the_threaded_path_only_under_autocast(monkeypatch):
+    """Outside autocast, bfloat16 features go to torchvision as they are (its CPU kernel then says it has no
+    bfloat16 implementation, as it would without this module)."""
+    monkeypatch.setattr(tv_roi, "_threads", lambda: 2)
+    feats = [v.bfloat16() for v in _features(1, False).values()]
+    assert tv_roi._threaded(feats, autocast=True) and not tv_roi._threaded(feats, autocast=False)
+    assert not tv_roi._threaded([f.double() for f in feats], autocast=True)
 
 
 def _pool_in_child(queue):

@@ -14,9 +14,11 @@ there are threads (tests/test_roi_align.py). With fewer images, the partial grad
 are summed, which equals the gradient to float rounding.
 
 The level mapping, the scales and the box format are torchvision's: ``ThreadedMultiScaleRoIAlign`` is a
-``MultiScaleRoIAlign`` and calls torchvision's own helpers for them. It falls back to torchvision's forward
-where threads cannot help: features off the CPU, not float32 (autocast), one thread, a torchvision
-without those helpers, or TorchScript.
+``MultiScaleRoIAlign`` and calls torchvision's own helpers for them. Under CPU autocast (SOLVER.AMP.ENABLED:
+bfloat16 features) it does what torchvision's autocast rule for ``roi_align`` does: the kernels run on the
+features cast to float32, and the pooled rows are cast back to the features' dtype. It falls back to
+torchvision's forward where threads cannot help: features off the CPU, in another dtype (float64, or
+half precision outside autocast), one thread, a torchvision without those helpers, or TorchScript.
 """
 
 from __future__ import annotations
@@ -113,9 +115,10 @@ class _ThreadedRoIAlign(torch.autograd.Function):
         return total, None, None, None, None, None
 
 
-def _threaded(features: list[torch.Tensor]) -> bool:
+def _threaded(features: list[torch.Tensor], autocast: bool) -> bool:
+    dtypes = (torch.float32, torch.bfloat16, torch.float16) if autocast else (torch.float32,)
     return (_threads() > 1 and not torch.jit.is_scripting()
-            and all(f.device.type == "cpu" and f.dtype == torch.float32 for f in features))
+            and all(f.device.type == "cpu" and f.dtype in dtypes for f in features))
 
 
 class ThreadedMultiScaleRoIAlign(MultiScaleRoIAlign):
@@ -125,7 +128,8 @@ class ThreadedMultiScaleRoIAlign(MultiScaleRoIAlign):
         if _setup_scales is None:
             return super().forward(x, boxes, image_shapes)
         features = _filter_input(x, self.featmap_names)
-        if not _threaded(features) or _cpu_autocast():
+        autocast = _cpu_autocast()
+        if not _threaded(features, autocast) or any(b.dtype != torch.float32 for b in boxes):
             return super().forward(x, boxes, image_shapes)
         if self.scales is None or self.map_levels is None:
             self.scales, self.map_levels = _setup_scales(features, image_shapes, self.canonical_scale,
@@ -136,7 +140,10 @@ class ThreadedMultiScaleRoIAlign(MultiScaleRoIAlign):
         out = first.new_zeros((len(rois), first.shape[1], *self.output_size))
         for level, (feature, scale) in enumerate(zip(features, self.scales)):
             rows = torch.nonzero(levels == level).squeeze(1)
-            if len(rows):
-                out[rows] = _ThreadedRoIAlign.apply(feature, rois[rows], tuple(self.output_size), scale,
-                                                    self.sampling_ratio, False)
+            if len(rows):  # under autocast: float32 in, the features' dtype out, as torchvision's autocast rule
+                if autocast:  # one pass: cast and made contiguous, as the kernels need it
+                    feature = feature.to(torch.float32, memory_format=torch.contiguous_format)
+                pooled = _ThreadedRoIAlign.apply(feature, rois[rows],
+                                                 tuple(self.output_size), scale, self.sampling_ratio, False)
+                out[rows] = pooled.to(out.dtype)
         return out
