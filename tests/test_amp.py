@@ -124,3 +124,24 @@ def test_anchors_stay_float32_under_autocast_at_the_homework_size(project_root):
     stock = AnchorGenerator(generator.sizes, generator.aspect_ratios)
     assert stock(images, half)[0].dtype == torch.bfloat16
     assert not torch.equal(stock(images, half)[0].float(), reference[0])
+
+
+def test_amp_on_a_cpu_without_native_bfloat16_warns_once(project_root, tmp_path, monkeypatch, caplog):
+    from helpers.engines import base
+
+    with_amx, without = tmp_path / "amx", tmp_path / "old"
+    with_amx.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n")
+    without.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f\n")
+    assert tv_device.native_bf16_cpu(str(with_amx)) is True and tv_device.native_bf16_cpu(str(without)) is False
+    assert tv_device.native_bf16_cpu(str(tmp_path / "absent")) is None
+    on = load_config(project_root / "configs" / "demo.yaml", ["SOLVER.AMP.ENABLED", "True"])
+    monkeypatch.setattr(base, "_warned", set())
+    monkeypatch.setattr(tv_device, "CPUINFO", str(with_amx))
+    with caplog.at_level("WARNING"):
+        assert tv_device._amp_dtype(on, CPU) == torch.bfloat16
+    assert "emulated" not in caplog.text
+    monkeypatch.setattr(tv_device, "CPUINFO", str(without))
+    with caplog.at_level("WARNING"):
+        assert tv_device._amp_dtype(on, CPU) == torch.bfloat16  # still bfloat16: the user asked for it
+        tv_device._amp_dtype(on, CPU)
+    assert caplog.text.count("without AMX or AVX512-BF16") == 1
