@@ -61,7 +61,8 @@ bench: $(STAMP)
 	$(VPY) bench/bench_engines.py $(if $(CONFIG),--config $(CONFIG)) $(if $(DATA),--data $(DATA)) $(BENCH_ARGS)
 
 # One GPU, under 10 minutes: both engines (detectron2 where it imports), fp32 vs AMP, homework config,
-# stand-in backbone weights (the homework's FrozenBN structure; --random-init for random init). Writes runs/gpu-check/gpu_check.json and prints a Markdown table.
+# stand-in backbone weights (the homework's FrozenBN structure; --random-init for random init).
+# Writes runs/gpu-check/gpu_check.json and prints a Markdown table.
 gpu-check: $(STAMP)
 	$(VPY) bench/gpu_check.py $(if $(DATA),--data $(DATA))
 

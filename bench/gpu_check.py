@@ -43,9 +43,6 @@ from bench.flops import PEAK_SIZES, matmul_peak, peak_dtype  # noqa: E402
 CONFIG = PROJECT_ROOT / "configs" / "homework.yaml"
 DEFAULT_OUT = PROJECT_ROOT / "runs" / "gpu-check" / "gpu_check.json"
 PRECISIONS = ("fp32", "amp")
-# where each engine autocasts with SOLVER.AMP.ENABLED (float16 on CUDA; the torchvision engine bfloat16 on the CPU);
-# elsewhere it trains in fp32 with AMP on
-AMP_DEVICES = bench_engines.ENGINE_AMP_DEVICES
 CHANNELS_LAST = {"torchvision": "yes (the engine's models are channels-last)",
                  "detectron2": "no (not an option of the detectron2 engine)"}
 # --smoke: a slim model at tiny sizes, a few iterations: the script's mechanics in about a minute on a CPU
@@ -61,7 +58,6 @@ SMOKE_OVERRIDES = {
     "TEST.DETECTIONS_PER_IMAGE": "20", "INPUT.MIN_SIZE_TRAIN": "(96,)", "INPUT.MAX_SIZE_TRAIN": "128",
     "INPUT.MIN_SIZE_TEST": "96", "INPUT.MAX_SIZE_TEST": "128", "DATALOADER.NUM_WORKERS": "0",
 }
-SMOKE_OVERRIDES_LIST = [item for pair in SMOKE_OVERRIDES.items() for item in pair]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -122,8 +118,8 @@ def run_overrides(args: argparse.Namespace, num_classes: int, amp: bool) -> list
     """KEY VALUE overrides of homework.yaml for one run: the device, the data's classes, no evaluation
     (timing only), AMP on or off, random init with --random-init (else run_phase gives each engine its
     stand-in weights); plus the smoke sizes."""
-    items = {**({"MODEL.WEIGHTS": '""'} if args.random_init else {}), "MODEL.DEVICE": args.device, "MODEL.ROI_HEADS.NUM_CLASSES": str(num_classes),
-             "DATASETS.VAL_FRACTION": "0.0", "SOLVER.AMP.ENABLED": str(amp),
+    items = {**({"MODEL.WEIGHTS": '""'} if args.random_init else {}), "MODEL.DEVICE": args.device,
+             "MODEL.ROI_HEADS.NUM_CLASSES": str(num_classes), "DATASETS.VAL_FRACTION": "0.0", "SOLVER.AMP.ENABLED": str(amp),
              **(SMOKE_OVERRIDES if args.smoke else {})}
     return [x for kv in items.items() for x in kv]
 
@@ -186,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     device_type = torch.device(args.device).type
     sizes = SMOKE_PEAK_SIZES if args.smoke else PEAK_SIZES
     peaks = {"fp32": matmul_peak(args.device, peak_dtype(args.device, amp=False), sizes)}
-    if any(device_type in AMP_DEVICES.get(name, ()) for name in engines):
+    if any(device_type in bench_engines.ENGINE_AMP_DEVICES.get(name, ()) for name in engines):
         peaks["amp"] = matmul_peak(args.device, peak_dtype(args.device, amp=True), sizes)
     if device_type == "cuda":
         torch.cuda.empty_cache()  # the children measure their own memory; leave them the whole GPU
@@ -195,13 +191,13 @@ def main(argv: list[str] | None = None) -> None:
         root = Path(args.data).resolve() if args.data else make_demo_data(Path(tmp) / "demo", **(SMOKE_DEMO if args.smoke else {}))
         num_classes = len(data.load_split(root / data.TRAIN_JSON, check_images=False).categories)
         stand_in = {} if args.random_init else write_stand_in_weights(
-            load_config(CONFIG, SMOKE_OVERRIDES_LIST if args.smoke else []), Path(tmp) / "weights")
+            load_config(CONFIG, run_overrides(args, num_classes, amp=False)), Path(tmp) / "weights")
         for engine in (name for name, (ok, _) in engines.items() if ok):
             for precision in PRECISIONS:
                 row = {"engine": engine, "precision": precision, "channels_last": CHANNELS_LAST.get(engine, "unknown")}
-                if precision == "amp" and device_type not in AMP_DEVICES.get(engine, ()):
+                if precision == "amp" and device_type not in bench_engines.ENGINE_AMP_DEVICES.get(engine, ()):
                     rows.append({**row, "status": f"skipped: the {engine} engine's AMP autocasts on "
-                                                  f"{', '.join(AMP_DEVICES.get(engine, ())) or 'no device'} only"})
+                                                  f"{', '.join(bench_engines.ENGINE_AMP_DEVICES.get(engine, ())) or 'no device'} only"})
                 elif time.monotonic() - started > args.budget_min * 60:
                     rows.append({**row, "status": f"skipped: --budget-min {args.budget_min:g} used up"})
                 else:

@@ -18,8 +18,9 @@ Times are ms per training iteration and per predicted image (the mean over the p
 (default 0: every image sends TEST.DETECTIONS_PER_IMAGE boxes to the mask head and the paste, as a
 trained model does at most; a random-init model would send none at the config's threshold). Both engines
 get the benchmark's equal-work settings (bench_engines.py: RPN and test NMS off, ImageNet pixel std under
-random init), so their stages see the same numbers of proposals and detections, and denormals are flushed. --stand-in-weights profiles
-the homework's FrozenBN backbone with its stem and res2 frozen (bench_engines.py: Stand-in weights).
+random init), so their stages see the same numbers of proposals and detections, and denormals are flushed.
+--stand-in-weights profiles the homework's FrozenBN backbone with its stem and res2 frozen (bench_engines.py:
+Stand-in weights).
 
     python bench/profile_engines.py --data ../shared/tinyvoc --min-size 512 --out profile.json
 """

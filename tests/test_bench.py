@@ -137,7 +137,6 @@ def test_compute_table_keeps_small_fractions_readable(project_root):
     assert lines[2].split() == ["torchvision", "float32", "5.6", "4.4", "0.000412", "0.99", "0.61", "0.0103"]
 
 
-
 def test_compute_table_says_where_the_work_differs_and_the_ratio_per_flop(project_root):
     bench = _bench_module(project_root)
     tv = {"train_flops_per_iter": 100e9, "train_flop_per_s": 20e9, "train_fraction_of_peak": 0.5,
@@ -175,6 +174,7 @@ def test_amp_on_a_cpu_is_bfloat16_for_torchvision_only_and_the_bench_says_so(pro
     assert lines[0].startswith("peak 40 GFLOP/s: best bfloat16") and lines[1].startswith("peak 10 GFLOP/s: best float32")
     assert lines[3].split()[:2] == ["torchvision", "bfloat16"] and lines[3].split()[4] == "0.05"
     assert lines[4].split()[:2] == ["detectron2", "float32"] and lines[4].split()[4] == "0.2"
+
 
 def test_bad_peak_sizes_and_images_are_usage_errors(project_root):
     bench = _bench_module(project_root)
